@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"strconv"
 	"syscall"
 )
 
@@ -75,3 +77,36 @@ type BindErr struct {
 
 func (e *BindErr) Error() string { return fmt.Sprintf("%s %s: %s", e.Network, e.Address, e.Cause) }
 func (e *BindErr) Unwrap() error { return e.Err }
+
+// CheckListenAddr validates a listen address of the form "host:port", ":port"
+// or "[v6]:port" with a port in 0..65535. Port 0 picks a free port (tests).
+func CheckListenAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (e.g. \":8080\" or \"127.0.0.1:8080\")", addr)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("port %q in %q is out of range 0-65535", port, addr)
+	}
+	if host != "" && host != "localhost" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("host %q in %q is not an IP address (use an address of a local interface, or leave it empty for all)", host, addr)
+		}
+	}
+	return nil
+}
+
+// IsLoopbackListen reports whether addr binds only loopback ("127.0.0.1:6060",
+// "[::1]:6060", "localhost:6060").
+func IsLoopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
