@@ -149,4 +149,3 @@ Signals: SIGINT/SIGTERM drain and exit 0; SIGHUP reloads the config file
 	f.register(cmd.Flags())
 	return cmd
 }
-

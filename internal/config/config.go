@@ -25,7 +25,7 @@ type Config struct {
 	// else the XDG state directory (see internal/state).
 	StateDir string `yaml:"state-dir"`
 	// ShutdownTimeout bounds how long SIGINT/SIGTERM wait for connections to drain.
-	ShutdownTimeout time.Duration `yaml:"shutdown-timeout"`
+	ShutdownTimeout time.Duration     `yaml:"shutdown-timeout"`
 	Log             logx.Config       `yaml:"log"`
 	HTTP            httpserver.Config `yaml:"http"`
 }
