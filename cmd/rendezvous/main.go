@@ -28,5 +28,27 @@ and relays their traffic (standard TURN) when punching fails.`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServeCmd(), newVersionCmd())
+	addCompletionExamples(root)
 	return root
+}
+
+// addCompletionExamples gives cobra's generated completion commands the
+// example every command of ours shows in --help.
+func addCompletionExamples(root *cobra.Command) {
+	root.InitDefaultCompletionCmd()
+	examples := map[string]string{
+		"bash":       "  rendezvous completion bash > /etc/bash_completion.d/rendezvous",
+		"zsh":        "  rendezvous completion zsh > \"${fpath[1]}/_rendezvous\"",
+		"fish":       "  rendezvous completion fish > ~/.config/fish/completions/rendezvous.fish",
+		"powershell": "  rendezvous completion powershell | Out-String | Invoke-Expression",
+	}
+	for _, c := range root.Commands() {
+		if c.Name() != "completion" {
+			continue
+		}
+		c.Example = "  source <(rendezvous completion bash)"
+		for _, sub := range c.Commands() {
+			sub.Example = examples[sub.Name()]
+		}
+	}
 }
