@@ -1,0 +1,96 @@
+package punch
+
+import (
+	"context"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Session is an encrypted, authenticated QUIC session with one peer: reliable
+// streams and unreliable datagrams (RFC 9221).
+type Session struct {
+	e    *Endpoint
+	a    *attempt
+	qc   *quic.Conn
+	path Path
+	once sync.Once
+}
+
+func newSession(e *Endpoint, a *attempt, qc *quic.Conn, path Path) *Session {
+	s := &Session{e: e, a: a, qc: qc, path: path}
+	go func() {
+		<-qc.Context().Done()
+		s.release()
+	}()
+	return s
+}
+
+// PeerKey is the authenticated key of the other side.
+func (s *Session) PeerKey() PublicKey { return s.a.peer.Key }
+
+// Path is the path in use, with the session's current smoothed RTT.
+func (s *Session) Path() Path {
+	p := s.path
+	if rtt := s.qc.ConnectionStats().SmoothedRTT; rtt > 0 {
+		p.RTT = rtt
+	}
+	return p
+}
+
+// OpenStream opens a reliable, ordered byte stream to the peer.
+func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
+	st, err := s.qc.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &Stream{st: st}, nil
+}
+
+// AcceptStream waits for the peer to open a stream.
+func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
+	st, err := s.qc.AcceptStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &Stream{st: st}, nil
+}
+
+// SendDatagram sends an unreliable datagram (no retransmission, no ordering).
+func (s *Session) SendDatagram(b []byte) error { return s.qc.SendDatagram(b) }
+
+// ReceiveDatagram waits for the next datagram.
+func (s *Session) ReceiveDatagram(ctx context.Context) ([]byte, error) {
+	return s.qc.ReceiveDatagram(ctx)
+}
+
+// Done is closed when the session ends, for whatever reason.
+func (s *Session) Done() <-chan struct{} { return s.qc.Context().Done() }
+
+// Err says why the session ended (nil while it runs).
+func (s *Session) Err() error { return context.Cause(s.qc.Context()) }
+
+// Close ends the session.
+func (s *Session) Close() error {
+	err := s.qc.CloseWithError(0, "closed")
+	s.release()
+	return err
+}
+
+func (s *Session) release() { s.once.Do(func() { s.e.unregister(s.a) }) }
+
+// Stream is a reliable byte stream within a session.
+type Stream struct{ st *quic.Stream }
+
+func (s *Stream) Read(p []byte) (int, error)  { return s.st.Read(p) }
+func (s *Stream) Write(p []byte) (int, error) { return s.st.Write(p) }
+
+// Close ends the sending side: the peer reads EOF after the data written so
+// far. Reading continues until the peer closes its side.
+func (s *Stream) Close() error { return s.st.Close() }
+
+// Abort abandons the stream in both directions; unsent data is dropped.
+func (s *Stream) Abort() {
+	s.st.CancelWrite(1)
+	s.st.CancelRead(1)
+}
