@@ -113,6 +113,11 @@ func New(t testing.TB, top Topology) *Lab {
 	if err := top.validate(); err != nil {
 		t.Fatal(err)
 	}
+	for _, r := range top.Routers {
+		if r.Netem != nil {
+			RequireNetem(t)
+		}
+	}
 	if removed, err := CleanStale(); err != nil {
 		t.Logf("natlab: removing stale labs: %v", err)
 	} else if len(removed) > 0 {

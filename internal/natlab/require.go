@@ -27,6 +27,7 @@ func Require(t testing.TB) {
 	}
 	if os.Getenv("CI") == "true" {
 		t.Fatalf("natlab: cannot run NAT lab: %s (CI=true, so this is a failure, not a skip)", requireReason)
+		return
 	}
 	t.Skipf("natlab: skipping NAT lab test: %s", requireReason)
 }
@@ -86,4 +87,33 @@ func aptInstall(pkg string) string {
 func lastLine(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return lines[len(lines)-1]
+}
+
+var (
+	netemOnce   sync.Once
+	netemReason string
+)
+
+// RequireNetem skips the test when the kernel has no netem qdisc
+// (CONFIG_NET_SCH_NETEM), which delay and loss need. It skips even under
+// CI=true: it is a property of the kernel the machine boots, which no setup
+// step can install, and only benchmarks depend on it. New calls it for
+// topologies that set Router.Netem.
+func RequireNetem(t testing.TB) {
+	t.Helper()
+	Require(t)
+	netemOnce.Do(func() {
+		probe := newLabPrefix() + "probe"
+		if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
+			netemReason = fmt.Sprintf("cannot create a network namespace: %v: %s", err, bytes.TrimSpace(out))
+			return
+		}
+		defer exec.Command("ip", "netns", "del", probe).Run()
+		if out, err := exec.Command("tc", "-n", probe, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms").CombinedOutput(); err != nil {
+			netemReason = fmt.Sprintf("this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM): tc: %s", bytes.TrimSpace(out))
+		}
+	})
+	if netemReason != "" {
+		t.Skipf("natlab: skipping test that needs delay/loss: %s", netemReason)
+	}
 }

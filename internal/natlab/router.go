@@ -230,6 +230,7 @@ func (r *RouterHost) block(t testing.TB, set string, prefixes []netip.Prefix) fu
 // symmetric RTT add the same on the peer's router.
 func (r *RouterHost) SetNetem(t testing.TB, n Netem) {
 	t.Helper()
+	RequireNetem(t)
 	if err := r.setNetem(n); err != nil {
 		t.Fatalf("natlab: %v", err)
 	}
