@@ -163,12 +163,20 @@ func (h smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var rd io.Reader = nc
+	// Bytes the client sent right after its handshake may already sit in
+	// net/http's reader: move them into ours and keep them buffered (not just
+	// queued in an io.Reader), because websocket.Accept re-wraps the reader
+	// around the raw conn and only keeps what is buffered.
+	br := bufio.NewReaderSize(nc, h.size)
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
-		rd = io.MultiReader(bytes.NewReader(bytes.Clone(b)), nc)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), nc), max(h.size, n))
+		if _, err := br.Peek(n); err != nil {
+			nc.Close()
+			return nil, nil, err
+		}
 	}
-	return nc, bufio.NewReadWriter(bufio.NewReaderSize(rd, h.size), bufio.NewWriterSize(nc, h.size)), nil
+	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, h.size)), nil
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {

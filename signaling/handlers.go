@@ -627,8 +627,13 @@ func (s *Server) handleConnect(ctx context.Context, c *peerConn, id string, rid 
 			}
 		}
 	}
-	ack := client.ConnectAck{Sessions: []string{}}
-	cfg := s.config()
+	// Collect the sessions first so the caller gets connect_ack before any punch.
+	type planned struct {
+		ss           *session
+		infoA, infoB client.PeerInfo
+		start        int64
+	}
+	var plan []planned
 	for _, pair := range pairs {
 		pa, errA := s.store.Peer(ctx, pair[0])
 		pb, errB := s.store.Peer(ctx, pair[1])
@@ -642,21 +647,27 @@ func (s *Server) handleConnect(ctx context.Context, c *peerConn, id string, rid 
 		rttA := time.Duration(infoA.RTTMS * float64(time.Millisecond))
 		rttB := time.Duration(infoB.RTTMS * float64(time.Millisecond))
 		ss := s.addSession(pa.ID, pb.ID, natType(pa.NAT), natType(pb.NAT))
-		now := s.now()
-		start := now.Add(punchLead(rttA, rttB)).UnixMilli()
-		punch := func(to string, peer client.PeerInfo, role string) {
-			s.deliver(ctx, to, encodeFrame(client.TypePunch, 0, client.Punch{
-				SessionID: ss.id, Peer: peer, Role: role, StartAt: start,
-				IntervalMS: cfg.PunchInterval.Milliseconds(), Attempts: cfg.PunchAttempts,
-				ICEServers: s.iceServers(to), ServerTime: now.UnixMilli(),
-			}))
-		}
-		punch(pa.ID, infoB, "initiator")
-		punch(pb.ID, infoA, "responder")
-		ack.Sessions = append(ack.Sessions, ss.id)
-		s.metrics.connectRequests.Inc()
+		plan = append(plan, planned{ss, infoA, infoB, s.now().Add(punchLead(rttA, rttB)).UnixMilli()})
+	}
+	ack := client.ConnectAck{Sessions: make([]string, 0, len(plan))}
+	for _, p := range plan {
+		ack.Sessions = append(ack.Sessions, p.ss.id)
 	}
 	c.reply(rid, client.TypeConnectAck, ack)
+	cfg := s.config()
+	for _, p := range plan {
+		now := s.now().UnixMilli()
+		punch := func(to string, peer client.PeerInfo, role string) {
+			s.deliver(ctx, to, encodeFrame(client.TypePunch, 0, client.Punch{
+				SessionID: p.ss.id, Peer: peer, Role: role, StartAt: p.start,
+				IntervalMS: cfg.PunchInterval.Milliseconds(), Attempts: cfg.PunchAttempts,
+				ICEServers: s.iceServers(to), ServerTime: now,
+			}))
+		}
+		punch(p.ss.a, p.infoB, "initiator")
+		punch(p.ss.b, p.infoA, "responder")
+		s.metrics.connectRequests.Inc()
+	}
 	return nil
 }
 
