@@ -584,3 +584,110 @@ func TestIPv6Punch(t *testing.T) {
 		t.Fatalf("b got %q, want a2 (a1 must have been dropped by b's firewall)", msg)
 	}
 }
+
+// TestPortRestrictedPunch is the scenario the WAN "ct state new drop" exists
+// for: b's first packet reaches a's router before a has sent to b. It must
+// leave no state behind, so a's later packet to b keeps a's public port and
+// the punch succeeds in both directions.
+func TestPortRestrictedPunch(t *testing.T) {
+	t.Parallel()
+	lab := New(t, Topology{Routers: []Router{
+		{Name: "a", NAT: PortRestricted, Hosts: 1},
+		{Name: "b", NAT: PortRestricted, Hosts: 1},
+	}})
+	srv := listen(t, lab.Server().Host, "udp4", "203.0.113.1:5000")
+	a := listen(t, lab.Host("a", 0), "udp4", ":0")
+	b := listen(t, lab.Host("b", 0), "udp4", ":0")
+	stun := netip.MustParseAddrPort("203.0.113.1:5000")
+	sendTo(t, a, "a", stun)
+	_, aPub := mustRecv(t, srv)
+	sendTo(t, b, "b", stun)
+	_, bPub := mustRecv(t, srv)
+
+	drops := lab.Router("a").WANDrops(t)
+	sendTo(t, b, "early", aPub) // dropped by a's router, must leave no conntrack entry
+	lab.Router("a").WaitWANDrops(t, drops)
+	sendTo(t, a, "punch-a", bPub)
+	sendTo(t, b, "punch-b", aPub)
+	if msg, from := mustRecv(t, a); msg != "punch-b" || from != bPub {
+		t.Fatalf("a got %q from %v, want punch-b from %v", msg, from, bPub)
+	}
+	if msg, from := mustRecv(t, b); msg != "punch-a" || from != aPub {
+		t.Fatalf("b got %q from %v, want punch-a from %v (a's router remapped?)", msg, from, aPub)
+	}
+
+	// Control: without the WAN drop, the early packet leaves a conntrack
+	// entry and masquerade moves a's next flow to another public port.
+	lab.Router("a").NFT(t, "flush chain inet rzlab input")
+	a2 := listen(t, lab.Host("a", 0), "udp4", ":0")
+	sendTo(t, a2, "a2", stun)
+	_, a2Pub := mustRecv(t, srv)
+	sendTo(t, b, "early", a2Pub)
+	conntrack := func() string {
+		var ct []byte
+		err := lab.Router("a").Do(func() (err error) { ct, err = os.ReadFile("/proc/thread-self/net/nf_conntrack"); return err })
+		if err != nil {
+			t.Fatalf("control needs the conntrack table: %v", err)
+		}
+		return string(ct)
+	}
+	early := fmt.Sprintf("src=%v dst=%v sport=%d dport=%d", bPub.Addr(), a2Pub.Addr(), bPub.Port(), a2Pub.Port())
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(conntrack(), early) {
+		if time.Now().After(deadline) {
+			t.Fatalf("control: the early packet left no conntrack entry:\n%s", conntrack())
+		}
+		time.Sleep(5 * time.Millisecond) // polling kernel state that has no event
+	}
+	sendTo(t, a2, "punch-a2", bPub)
+	// b's router drops punch-a2 (it comes from an unexpected port); read
+	// the public port a's router chose from its conntrack table.
+	local := a2.LocalAddr().(*net.UDPAddr).Port
+	ct := conntrack()
+	var used string
+	for _, line := range strings.Split(ct, "\n") {
+		if strings.Contains(line, fmt.Sprintf("sport=%d dport=%d", local, bPub.Port())) {
+			f := strings.Fields(line)
+			for _, w := range f {
+				if strings.HasPrefix(w, "dport=") {
+					used = strings.TrimPrefix(w, "dport=") // the last one is the reply direction's
+				}
+			}
+		}
+	}
+	if used == "" {
+		t.Fatalf("control: no conntrack entry for a2 -> b:\n%s", ct)
+	}
+	if used == strconv.Itoa(int(a2Pub.Port())) {
+		t.Errorf("control: without the WAN drop a's router still used port %s; the drop rule would be unnecessary", used)
+	}
+}
+
+// TestSymmetricPunchFails: a symmetric NAT uses a new public port towards
+// the peer, so the address the server saw is useless to the peer; both
+// punches are dropped while markers from the server on the live paths arrive.
+func TestSymmetricPunchFails(t *testing.T) {
+	t.Parallel()
+	lab := New(t, Topology{Routers: []Router{
+		{Name: "a", NAT: Symmetric, Hosts: 1},
+		{Name: "b", NAT: PortRestricted, Hosts: 1},
+	}})
+	srv := listen(t, lab.Server().Host, "udp4", "203.0.113.1:5000")
+	a := listen(t, lab.Host("a", 0), "udp4", ":0")
+	b := listen(t, lab.Host("b", 0), "udp4", ":0")
+	stun := netip.MustParseAddrPort("203.0.113.1:5000")
+	sendTo(t, a, "a", stun)
+	_, aPub := mustRecv(t, srv)
+	sendTo(t, b, "b", stun)
+	_, bPub := mustRecv(t, srv)
+	sendTo(t, a, "punch-a", bPub) // leaves a's router from another port: dropped at b's
+	sendTo(t, b, "punch-b", aPub) // aPub is bound to the server only: dropped at a's
+	sendTo(t, srv, "marker", aPub)
+	sendTo(t, srv, "marker", bPub)
+	if msg, _ := mustRecv(t, a); msg != "marker" {
+		t.Errorf("a got %q before the marker; a symmetric NAT let a peer's punch in", msg)
+	}
+	if msg, _ := mustRecv(t, b); msg != "marker" {
+		t.Errorf("b got %q before the marker", msg)
+	}
+}

@@ -125,15 +125,16 @@ func (r *RouterHost) ruleset() string {
 		w(`    oifname "rz-wan" meta nfproto ipv4 meta l4proto udp ct direction original update @peers { ct reply proto-dst . ip daddr }`)
 	}
 	w("  }")
+	w("  counter wandrop {}")
 	w("  chain forward { type filter hook forward priority filter; policy accept;")
 	w(`    iifname "rz-wan" ct state established,related accept`)
 	w(`    iifname "rz-wan" ct status dnat accept`)
-	w(`    iifname "rz-wan" drop`)
+	w(`    iifname "rz-wan" counter name "wandrop" drop`)
 	w("  }")
 	w("  chain input { type filter hook input priority filter; policy accept;")
 	w(`    iifname "rz-wan" ct state established,related accept`)
 	w(`    iifname "rz-wan" meta l4proto { icmp, ipv6-icmp } accept`)
-	w(`    iifname "rz-wan" drop`)
+	w(`    iifname "rz-wan" counter name "wandrop" drop`)
 	if !r.spec.Hairpin {
 		w(`    iifname "rz-lan" ip daddr %s meta l4proto { tcp, udp } drop`, r.wan)
 	}
@@ -149,6 +150,43 @@ func (r *RouterHost) NFT(t testing.TB, cmds ...string) {
 	t.Helper()
 	if err := nftApply(r.netns, strings.Join(cmds, "\n")+"\n"); err != nil {
 		t.Fatalf("natlab: router %s: %v", r.spec.Name, err)
+	}
+}
+
+// WANDrops is how many packets the router's firewall has dropped on the WAN
+// (new inbound flows matching no mapping). Tests use it to know a packet
+// reached the router and was dropped. Always 0 for None.
+func (r *RouterHost) WANDrops(t testing.TB) uint64 {
+	t.Helper()
+	if r.spec.NAT == None {
+		return 0
+	}
+	out, err := exec.Command("ip", "netns", "exec", r.netns, "nft", "list", "counter", "inet", "rzlab", "wandrop").CombinedOutput()
+	if err != nil {
+		t.Fatalf("natlab: router %s: nft list counter: %v: %s", r.spec.Name, err, out)
+	}
+	f := strings.Fields(string(out))
+	for i := range f {
+		if f[i] == "packets" && i+1 < len(f) {
+			n, err := strconv.ParseUint(f[i+1], 10, 64)
+			if err == nil {
+				return n
+			}
+		}
+	}
+	t.Fatalf("natlab: router %s: no packet count in %q", r.spec.Name, out)
+	return 0
+}
+
+// WaitWANDrops waits until WANDrops exceeds n (deadline 5 s).
+func (r *RouterHost) WaitWANDrops(t testing.TB, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.WANDrops(t) <= n {
+		if time.Now().After(deadline) {
+			t.Fatalf("natlab: router %s dropped nothing on its WAN within 5s", r.spec.Name)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a kernel counter that has no event
 	}
 }
 
