@@ -334,6 +334,7 @@ func (s *Server) handleJoin(ctx context.Context, c *peerConn, id string, rid uin
 	}
 	now := s.now()
 	already := false
+	capacity := r.Capacity
 	r, err = s.store.UpdateRoom(ctx, r.ID, func(r *Room) error {
 		if r.HasMember(id) {
 			already = true
@@ -351,7 +352,7 @@ func (s *Server) handleJoin(ctx context.Context, c *peerConn, id string, rid uin
 	})
 	switch {
 	case errors.Is(err, errRoomFull):
-		return errorf(client.CodeRoomFull, "room is full (capacity %d)", r.Capacity)
+		return errorf(client.CodeRoomFull, "room is full (capacity %d)", capacity)
 	case errors.Is(err, ErrNotFound):
 		return errorf(client.CodeRoomNotFound, "room closed")
 	case err != nil:

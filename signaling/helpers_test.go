@@ -2,6 +2,8 @@ package signaling
 
 import (
 	"context"
+	"net"
+	"net/netip"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/rendezvous-p2p/rendezvous/signaling/client"
 )
@@ -289,3 +292,13 @@ func httptestRequest(t testing.TB, token string) *http.Request {
 	}
 	return req
 }
+
+func counter(ts *testServer, reason string) float64 {
+	return testutilToFloat(ts.metrics.disconnects.WithLabelValues(reason))
+}
+
+func listenUDP() (net.PacketConn, error) { return net.ListenPacket("udp4", "127.0.0.1:0") }
+
+func netUDPAddr(ap netip.AddrPort) net.Addr { return net.UDPAddrFromAddrPort(ap) }
+
+func testutilToFloat(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
