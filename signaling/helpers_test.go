@@ -2,11 +2,11 @@ package signaling
 
 import (
 	"context"
-	"net"
-	"net/netip"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
