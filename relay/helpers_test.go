@@ -189,11 +189,12 @@ type rawClient struct {
 	key       []byte
 	realm     string
 	nonce     string
+	proto     byte // REQUESTED-TRANSPORT for allocate: 17 (UDP, the default) or 6 (TCP, RFC 6062)
 }
 
 func dialRaw(t *testing.T, r *testRelay, transport string) *rawClient {
 	t.Helper()
-	c := &rawClient{t: t, transport: transport}
+	c := &rawClient{t: t, transport: transport, proto: 17}
 	switch transport {
 	case "udp":
 		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
@@ -287,7 +288,9 @@ type rawAttr struct {
 
 func (a rawAttr) AddTo(m *stun.Message) error { m.Add(a.typ, a.val); return nil }
 
-func transportAttr(proto byte) rawAttr { return rawAttr{stun.AttrRequestedTransport, []byte{proto, 0, 0, 0}} }
+func transportAttr(proto byte) rawAttr {
+	return rawAttr{stun.AttrRequestedTransport, []byte{proto, 0, 0, 0}}
+}
 func familyAttr(v6 bool) rawAttr {
 	if v6 {
 		return rawAttr{stun.AttrRequestedAddressFamily, []byte{2, 0, 0, 0}}
@@ -353,7 +356,7 @@ func errorCode(t *testing.T, m *stun.Message) (stun.ErrorCode, string) {
 func (c *rawClient) allocate(user, password string, attrs ...stun.Setter) *stun.Message {
 	c.t.Helper()
 	c.key = nil
-	m := c.do(stun.MethodAllocate, append([]stun.Setter{transportAttr(17)}, attrs...)...)
+	m := c.do(stun.MethodAllocate, append([]stun.Setter{transportAttr(c.proto)}, attrs...)...)
 	code, reason := errorCode(c.t, m)
 	if code != stun.CodeUnauthorized || reason == "" {
 		c.t.Fatalf("unauthenticated Allocate: got %d %q, want 401 with a reason phrase", code, reason)
@@ -367,7 +370,7 @@ func (c *rawClient) allocate(user, password string, attrs ...stun.Setter) *stun.
 		c.t.Fatal(err)
 	}
 	c.login(user, password, realm.String(), nonce.String())
-	return c.do(stun.MethodAllocate, append([]stun.Setter{transportAttr(17)}, attrs...)...)
+	return c.do(stun.MethodAllocate, append([]stun.Setter{transportAttr(c.proto)}, attrs...)...)
 }
 
 func (c *rawClient) login(user, password, realm, nonce string) {
