@@ -1,0 +1,236 @@
+package lanbeacon
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Announcer broadcasts an Announcement on the LAN: at once on start and on
+// every Update, then every Interval (minus up to 10% jitter), and a goodbye
+// when its context ends. It never reads from the network, so nothing it
+// receives can make it send.
+type Announcer struct {
+	cfg  Config
+	opts Options
+	log  *slog.Logger
+	key  []byte
+	id   InstanceID
+
+	mu  sync.Mutex
+	ann Announcement
+
+	changed chan struct{}
+	ready   chan struct{}
+
+	rounds, sent, sendErrors, goodbyes atomic.Uint64
+}
+
+// AnnouncerStats are counters of an Announcer.
+type AnnouncerStats struct {
+	Rounds     uint64 `json:"rounds"`      // announcement rounds (timer, start, change)
+	Sent       uint64 `json:"sent"`        // datagrams sent, goodbyes included
+	SendErrors uint64 `json:"send_errors"` // datagrams the kernel refused (no route, interface gone)
+	Goodbyes   uint64 `json:"goodbyes"`    // goodbye datagrams sent
+}
+
+// NewAnnouncer checks cfg and ann; it does no I/O.
+func NewAnnouncer(cfg Config, ann Announcement, opts Options) (*Announcer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := ann.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Broadcast == "" && !cfg.DirectedBroadcast && cfg.Group6 == "" {
+		return nil, errors.New("lanbeacon: nothing to announce to (broadcast, directed-broadcast and ipv6-group all off)")
+	}
+	a := &Announcer{cfg: cfg, opts: opts, log: opts.logger(), id: opts.Instance, ann: cloneAnnouncement(ann),
+		changed: make(chan struct{}, 1), ready: make(chan struct{})}
+	if a.id == (InstanceID{}) {
+		rand.Read(a.id[:])
+	}
+	if cfg.LANKey != "" {
+		a.key = macKey(cfg.LANKey)
+	}
+	return a, nil
+}
+
+// ID is the instance id the announcer sends; give it to a listener in the
+// same process through Options.Ignore.
+func (a *Announcer) ID() InstanceID { return a.id }
+
+// Ready is closed once the sockets are open.
+func (a *Announcer) Ready() <-chan struct{} { return a.ready }
+
+// Update replaces the announcement and announces it at once.
+func (a *Announcer) Update(ann Announcement) error {
+	if err := ann.Validate(); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.ann = cloneAnnouncement(ann)
+	a.mu.Unlock()
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Stats returns the counters.
+func (a *Announcer) Stats() AnnouncerStats {
+	return AnnouncerStats{Rounds: a.rounds.Load(), Sent: a.sent.Load(), SendErrors: a.sendErrors.Load(), Goodbyes: a.goodbyes.Load()}
+}
+
+// Run announces until ctx ends, then sends a goodbye and closes its sockets.
+func (a *Announcer) Run(ctx context.Context) error {
+	nw := a.opts.network()
+	var conn4, conn6 net.PacketConn
+	if a.cfg.Broadcast != "" || a.cfg.DirectedBroadcast {
+		c, err := nw.ListenPacket(ctx, "udp4", "0.0.0.0:0")
+		if err != nil {
+			return fmt.Errorf("lanbeacon: announcer socket: %w", err)
+		}
+		defer c.Close()
+		conn4 = c
+	}
+	if a.cfg.Group6 != "" {
+		c, err := nw.ListenPacket(ctx, "udp6", "[::]:0")
+		if err != nil {
+			// A host without IPv6 still announces over IPv4.
+			a.log.Warn("lanbeacon: no IPv6 socket, announcing over IPv4 only", "err", err)
+			if conn4 == nil {
+				return fmt.Errorf("lanbeacon: announcer socket: %w", err)
+			}
+		} else {
+			defer c.Close()
+			conn6 = c
+		}
+	}
+	close(a.ready)
+	a.round(conn4, conn6, false)
+	timer := time.NewTimer(a.nextWait())
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			a.round(conn4, conn6, true)
+			return nil
+		case <-timer.C:
+		case <-a.changed:
+		}
+		a.round(conn4, conn6, false)
+		timer.Reset(a.nextWait())
+	}
+}
+
+// nextWait is 90-100% of the interval: never longer, so a listener that is
+// up hears every announcer within one interval.
+func (a *Announcer) nextWait() time.Duration {
+	iv := a.cfg.Interval
+	return iv - time.Duration(mrand.Int64N(int64(iv/10)+1))
+}
+
+// destinations lists where one round goes, from the current interfaces.
+func (a *Announcer) destinations() (v4, v6 []netip.AddrPort) {
+	if b := a.cfg.broadcast(); b.IsValid() {
+		v4 = append(v4, b)
+	}
+	ifs, err := a.opts.network().Interfaces()
+	if err != nil {
+		a.log.Warn("lanbeacon: listing interfaces", "err", err)
+	}
+	group := a.cfg.group6()
+	port := uint16(a.cfg.Port)
+	for _, ifi := range ifs {
+		if ifi.Flags&net.FlagUp == 0 || ifi.Flags&net.FlagLoopback != 0 || !a.cfg.wantInterface(ifi.Name) {
+			continue
+		}
+		if a.cfg.DirectedBroadcast && ifi.Flags&net.FlagBroadcast != 0 {
+			for _, p := range ifi.Addrs {
+				if b, ok := directedBroadcast(p); ok {
+					ap := netip.AddrPortFrom(b, port)
+					if !containsAddrPort(v4, ap) {
+						v4 = append(v4, ap)
+					}
+				}
+			}
+		}
+		if group.IsValid() && ifi.Flags&net.FlagMulticast != 0 {
+			// A numeric zone: the kernel takes it as the scope id, which picks
+			// the outgoing interface. Names would be resolved through Go's
+			// process-wide cache, which is wrong inside a namespace.
+			v6 = append(v6, netip.AddrPortFrom(group.WithZone(strconv.Itoa(ifi.Index)), port))
+		}
+	}
+	return v4, v6
+}
+
+func containsAddrPort(s []netip.AddrPort, ap netip.AddrPort) bool {
+	for _, x := range s {
+		if x == ap {
+			return true
+		}
+	}
+	return false
+}
+
+// round sends one announcement (or goodbye) to every destination. Every
+// datagram is sealed on its own (fresh timestamp and nonce), so a listener
+// hearing one beacon over several paths never mistakes a copy for a replay.
+func (a *Announcer) round(conn4, conn6 net.PacketConn, goodbye bool) {
+	a.rounds.Add(1)
+	a.mu.Lock()
+	p := packet{Instance: a.id, Interval: a.cfg.Interval, Goodbye: goodbye, Announcement: a.ann}
+	a.mu.Unlock()
+	v4, v6 := a.destinations()
+	buf := make([]byte, 0, MaxPacketSize)
+	send := func(c net.PacketConn, dst netip.AddrPort) {
+		if c == nil {
+			return
+		}
+		if a.key != nil {
+			p.Timestamp = time.Now()
+			rand.Read(p.Nonce[:])
+		}
+		b := appendPacket(buf[:0], &p, a.key)
+		if _, err := c.WriteTo(b, net.UDPAddrFromAddrPort(dst)); err != nil {
+			a.sendErrors.Add(1)
+			a.log.Debug("lanbeacon: send", "to", dst, "err", err)
+			return
+		}
+		a.sent.Add(1)
+		if goodbye {
+			a.goodbyes.Add(1)
+		}
+	}
+	for _, d := range v4 {
+		send(conn4, d)
+	}
+	for _, d := range v6 {
+		send(conn6, d)
+	}
+}
+
+func cloneAnnouncement(a Announcement) Announcement {
+	b := a
+	b.Ports = append([]Port(nil), a.Ports...)
+	b.Fingerprint = append(Fingerprint(nil), a.Fingerprint...)
+	if a.Meta != nil {
+		b.Meta = make(map[string]string, len(a.Meta))
+		for k, v := range a.Meta {
+			b.Meta[k] = v
+		}
+	}
+	return b
+}
