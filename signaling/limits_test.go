@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/coder/websocket"
 
@@ -268,5 +267,3 @@ func TestReflexiveFromSTUNBinding(t *testing.T) {
 	}
 	t.Fatal("no reflexive event")
 }
-
-var _ = time.Second
