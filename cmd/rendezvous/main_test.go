@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/turn/v5"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/spf13/cobra"
@@ -54,7 +55,7 @@ type proc struct {
 // a fresh HOME, no config file. extra flags are appended.
 func startServe(t *testing.T, home string, extra ...string) *proc {
 	t.Helper()
-	args := append([]string{"serve", "--http-listen", "127.0.0.1:0", "--log-format", "json"}, extra...)
+	args := append([]string{"serve", "--http-listen", "127.0.0.1:0", "--relay-listen", "127.0.0.1:0", "--public-host", "127.0.0.1", "--log-format", "json"}, extra...)
 	cmd := exec.Command(binary, args...)
 	cmd.Dir = home
 	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_STATE_HOME=", "STATE_DIRECTORY=", "NOTIFY_SOCKET=")
@@ -284,7 +285,7 @@ func TestCheckFailsOnPortInUse(t *testing.T) {
 	}
 	defer held.Close()
 	dir := t.TempDir()
-	out, err := run(t, dir, "serve", "--check", "--http-listen", held.Addr().String())
+	out, err := run(t, dir, "serve", "--check", "--relay-listen", "127.0.0.1:0", "--http-listen", held.Addr().String())
 	if err == nil {
 		t.Fatalf("--check passed with the port taken: %s", out)
 	}
@@ -292,7 +293,7 @@ func TestCheckFailsOnPortInUse(t *testing.T) {
 		t.Errorf("output %q lacks %q", out, want)
 	}
 	held.Close()
-	if out, err := run(t, dir, "serve", "--check", "--http-listen", held.Addr().String()); err != nil || !strings.Contains(out, "configuration OK") {
+	if out, err := run(t, dir, "serve", "--check", "--relay-listen", "127.0.0.1:0", "--http-listen", held.Addr().String()); err != nil || !strings.Contains(out, "configuration OK") {
 		t.Errorf("--check on a free port: %v %s", err, out)
 	}
 }
@@ -312,4 +313,76 @@ func TestEveryCommandHasHelpWithExample(t *testing.T) {
 		}
 	}
 	check("rendezvous", root)
+}
+
+// A credential handed out before a restart still works after it: the TURN
+// secret is generated once and kept in the state directory.
+func TestSecretsSurviveRestart(t *testing.T) {
+	home := t.TempDir()
+	// Relay sockets on loopback; found through the ./rendezvous.yaml search.
+	if err := os.WriteFile(filepath.Join(home, "rendezvous.yaml"), []byte("relay:\n  relay-address: 127.0.0.1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startServe(t, home)
+	ready := p.waitLog(t, "rendezvous ready", 20*time.Second)
+	code, body := httpGet(t, "http://"+ready["http"].(string)+"/v1/ice-servers")
+	if code != 200 {
+		t.Fatalf("/v1/ice-servers = %d %s", code, body)
+	}
+	var ice struct {
+		ICEServers []struct {
+			URLs       []string `json:"urls"`
+			Username   string   `json:"username"`
+			Credential string   `json:"credential"`
+		} `json:"ice_servers"`
+	}
+	if err := json.Unmarshal(body, &ice); err != nil {
+		t.Fatal(err)
+	}
+	var user, pass string
+	for _, s := range ice.ICEServers {
+		if s.Username != "" {
+			user, pass = s.Username, s.Credential
+		}
+	}
+	if user == "" {
+		t.Fatalf("no TURN credential in %s", body)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.waitExit(t, 11*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	p2 := startServe(t, home)
+	ready2 := p2.waitLog(t, "rendezvous ready", 20*time.Second)
+	relayAddr := ready2["relay"].(string)
+	if err := allocate(t, relayAddr, user, pass); err != nil {
+		t.Fatalf("credential from before the restart refused: %v", err)
+	}
+	if err := allocate(t, relayAddr, user, pass+"x"); err == nil {
+		t.Fatal("a wrong password was accepted: the check proves nothing")
+	}
+}
+
+// allocate makes a TURN allocation over UDP with pion's client.
+func allocate(t *testing.T, server, user, pass string) error {
+	t.Helper()
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: server, TURNServerAddr: server, Conn: conn, Username: user, Password: pass, Realm: "rendezvous"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Listen(); err != nil {
+		return err
+	}
+	relayConn, err := c.Allocate()
+	if err != nil {
+		return err
+	}
+	return relayConn.Close()
 }

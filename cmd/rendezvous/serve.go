@@ -25,6 +25,8 @@ type serveFlags struct {
 
 	stateDir        string
 	httpListen      string
+	relayListen     string
+	publicHost      string
 	logLevel        string
 	logFormat       string
 	shutdownTimeout time.Duration
@@ -36,6 +38,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.check, "check", false, "validate the configuration and that every listener can bind, then exit")
 	fs.StringVar(&f.stateDir, "state-dir", "", "directory for generated secrets (default $STATE_DIRECTORY, else the XDG state dir)")
 	fs.StringVar(&f.httpListen, "http-listen", "", "HTTP listen address for signaling, /healthz and /metrics (default \":8080\")")
+	fs.StringVar(&f.relayListen, "relay-listen", "", "STUN/TURN listen address, UDP and TCP (default \":3478\")")
+	fs.StringVar(&f.publicHost, "public-host", "", "host name or IP clients reach this server at, for the STUN/TURN URLs handed to peers")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info)")
 	fs.StringVar(&f.logFormat, "log-format", "", "auto (text on a terminal, else JSON), text or json")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 0, "how long SIGINT/SIGTERM wait for connections to drain (default 10s)")
@@ -50,6 +54,8 @@ func (f *serveFlags) apply(fs *pflag.FlagSet, cfg *config.Config) {
 	}
 	set("state-dir", func() { cfg.StateDir = f.stateDir })
 	set("http-listen", func() { cfg.HTTP.Listen = f.httpListen })
+	set("relay-listen", func() { cfg.Relay.Listen = f.relayListen })
+	set("public-host", func() { cfg.PublicHost = f.publicHost })
 	set("log-level", func() { cfg.Log.Level = f.logLevel })
 	set("log-format", func() { cfg.Log.Format = f.logFormat })
 	set("shutdown-timeout", func() { cfg.ShutdownTimeout = f.shutdownTimeout })
@@ -78,7 +84,8 @@ func newServeCmd() *cobra.Command {
 		Use:   "serve",
 		Short: "Run the signaling server and TURN/STUN relay",
 		Long: `Run the rendezvous server. With no config file it runs everything on safe
-built-in defaults: HTTP (signaling, /healthz, /readyz, /metrics) on :8080.
+built-in defaults: HTTP (signaling, /healthz, /readyz, /metrics) on :8080 and
+STUN/TURN on :3478 (UDP and TCP), relaying on UDP ports 49152-65535.
 Secrets are generated once and kept in the state directory.
 
 Signals: SIGINT/SIGTERM drain and exit 0; SIGHUP reloads the config file

@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +36,9 @@ import (
 	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 	"github.com/rendezvous-p2p/rendezvous/internal/service"
 	"github.com/rendezvous-p2p/rendezvous/internal/state"
+	"github.com/rendezvous-p2p/rendezvous/relay"
+	"github.com/rendezvous-p2p/rendezvous/signaling"
+	"github.com/rendezvous-p2p/rendezvous/signaling/client"
 )
 
 // Options are the app's collaborators; all are optional.
@@ -65,6 +70,13 @@ type App struct {
 	ready    chan struct{}
 	stopping atomic.Bool
 	reloads  *prometheus.CounterVec
+
+	relay     *relay.Server
+	signaling *signaling.Server
+	// effective service configs: the file's, with generated secrets filled in
+	relayCfg     relay.Config
+	signalingCfg signaling.Config
+	ice          atomic.Pointer[func(user string) ([]client.ICEServer, error)]
 }
 
 // New validates cfg and builds every service; it binds nothing.
@@ -103,18 +115,93 @@ func New(cfg config.Config, opts Options) (*App, error) {
 	}, []string{"result"})
 	a.registry.MustRegister(buildInfo, a.reloads)
 
+	if a.relayCfg, a.signalingCfg, err = a.effective(cfg); err != nil {
+		return nil, err
+	}
+	a.setICEServers(cfg, a.relayCfg)
+	a.signaling, err = signaling.New(a.signalingCfg, signaling.Options{
+		Logger:     a.serviceLogger("signaling"),
+		Registerer: a.registry,
+		ICEServers: a.ICEServers,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("signaling: %w", err)
+	}
+	a.relay, err = relay.New(a.relayCfg, relay.Options{
+		Logger:      a.serviceLogger("relay"),
+		Registerer:  a.registry,
+		Network:     opts.Network,
+		OnPeerToken: a.signaling.ObservePeerToken,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
 	a.http, err = httpserver.New(cfg.HTTP, httpserver.Options{
 		Logger:       a.serviceLogger("http"),
 		Gatherer:     a.registry,
 		Network:      opts.Network,
 		Readiness:    a.readiness,
 		DrainTimeout: drainTimeout(cfg.ShutdownTimeout),
+		Handlers:     map[string]http.Handler{"/v1/": a.signaling.Handler()},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("http: %w", err)
 	}
-	a.services = append(a.services, a.http)
+	a.services = append(a.services, a.http, a.signaling, a.relay)
 	return a, nil
+}
+
+// effective fills in the secrets the config leaves empty with ones generated
+// once and kept in the state directory, so credentials survive restarts.
+func (a *App) effective(cfg config.Config) (relay.Config, signaling.Config, error) {
+	r, s := cfg.Relay, cfg.Signaling
+	if len(r.AuthSecrets) == 0 {
+		secret, err := a.state.Secret("turn-secret")
+		if err != nil {
+			return r, s, err
+		}
+		r.AuthSecrets = []string{secret}
+	}
+	if len(s.JoinTokenSecrets) == 0 {
+		secret, err := a.state.Secret("join-token-secret")
+		if err != nil {
+			return r, s, err
+		}
+		s.JoinTokenSecrets = []string{secret}
+	}
+	return r, s, nil
+}
+
+// setICEServers points the ICE servers handed to peers at this relay, with
+// credentials minted from its first REST secret.
+func (a *App) setICEServers(cfg config.Config, r relay.Config) {
+	urls := r.ICEServerURLs(PublicHost(cfg))
+	f := signaling.TURNServers(urls, []byte(r.AuthSecrets[0]), cfg.Signaling.TURNCredentialTTL)
+	a.ice.Store(&f)
+}
+
+// ICEServers returns STUN/TURN servers with fresh credentials for user: what
+// peers get from signaling, and what `rendezvous creds` prints.
+func (a *App) ICEServers(user string) ([]client.ICEServer, error) { return (*a.ice.Load())(user) }
+
+// PublicHost is the host clients reach this server at: public-host, else
+// relay.public-address, else the first global unicast IPv4 of this machine,
+// else 127.0.0.1.
+func PublicHost(cfg config.Config) string {
+	if cfg.PublicHost != "" {
+		return cfg.PublicHost
+	}
+	if cfg.Relay.PublicAddress != "" {
+		return cfg.Relay.PublicAddress
+	}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, ad := range addrs {
+			if p, err := netip.ParsePrefix(ad.String()); err == nil && p.Addr().Is4() && p.Addr().IsGlobalUnicast() {
+				return p.Addr().String()
+			}
+		}
+	}
+	return "127.0.0.1"
 }
 
 func (a *App) serviceLogger(name string) *slog.Logger { return a.log.With("service", name) }
@@ -207,7 +294,7 @@ func (a *App) Run(ctx context.Context) error {
 	select {
 	case <-allReady:
 		close(a.ready)
-		a.log.Info("rendezvous ready", "http", a.HTTPAddr().String(), "state_dir", a.state.Path())
+		a.log.Info("rendezvous ready", "http", a.HTTPAddr().String(), "relay", a.relay.Addr().String(), "state_dir", a.state.Path())
 		a.opts.Notify(daemon.SdNotifyReady)
 		go a.watchdog(runCtx)
 		select {
@@ -329,6 +416,21 @@ func (a *App) reload() error {
 	if len(restart) > 0 {
 		return fmt.Errorf("changes to %s need a restart (systemctl restart rendezvous)", strings.Join(restart, ", "))
 	}
+	nextRelay, nextSignaling, err := a.effective(next)
+	if err != nil {
+		return err
+	}
+	if err := a.relay.Reload(nextRelay); err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	if err := a.signaling.Reload(nextSignaling); err != nil {
+		if rerr := a.relay.Reload(a.relayCfg); rerr != nil { // put the relay back as it was
+			a.log.Error("rolling back the relay after a refused reload failed", "error", rerr)
+		}
+		return fmt.Errorf("signaling: %w", err)
+	}
+	a.relayCfg, a.signalingCfg = nextRelay, nextSignaling
+	a.setICEServers(next, nextRelay)
 	// Everything below cannot fail: apply.
 	level, _ := logx.ParseLevel(next.Log.Level)
 	a.opts.Level.Set(level)
@@ -349,3 +451,6 @@ func reloadingState() string {
 	}
 	return daemon.SdNotifyReloading + "\nMONOTONIC_USEC=" + strconv.FormatInt(ts.Nano()/1000, 10)
 }
+
+// RelayAddr is the bound STUN/TURN address (invalid before Ready).
+func (a *App) RelayAddr() netip.AddrPort { return a.relay.Addr() }

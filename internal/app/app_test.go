@@ -27,6 +27,9 @@ func testConfig(t *testing.T) config.Config {
 	cfg := config.Default()
 	cfg.StateDir = t.TempDir()
 	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.Relay.Listen = "127.0.0.1:0"
+	cfg.Relay.RelayAddress = "127.0.0.1"
+	cfg.PublicHost = "127.0.0.1"
 	cfg.ShutdownTimeout = 5 * time.Second
 	return cfg
 }

@@ -9,14 +9,18 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/httpserver"
 	"github.com/rendezvous-p2p/rendezvous/internal/logx"
+	"github.com/rendezvous-p2p/rendezvous/relay"
+	"github.com/rendezvous-p2p/rendezvous/signaling"
 )
 
 // Config is the whole configuration of `rendezvous serve`.
@@ -25,9 +29,15 @@ type Config struct {
 	// else the XDG state directory (see internal/state).
 	StateDir string `yaml:"state-dir"`
 	// ShutdownTimeout bounds how long SIGINT/SIGTERM wait for connections to drain.
-	ShutdownTimeout time.Duration     `yaml:"shutdown-timeout"`
-	Log             logx.Config       `yaml:"log"`
-	HTTP            httpserver.Config `yaml:"http"`
+	ShutdownTimeout time.Duration `yaml:"shutdown-timeout"`
+	// PublicHost is the DNS name or IP clients use to reach this server; it
+	// goes into the STUN/TURN URLs handed to peers. Empty: relay.public-address,
+	// else the first global unicast IPv4 address of this host.
+	PublicHost string            `yaml:"public-host"`
+	Log        logx.Config       `yaml:"log"`
+	HTTP       httpserver.Config `yaml:"http"`
+	Relay      relay.Config      `yaml:"relay"`
+	Signaling  signaling.Config  `yaml:"signaling"`
 }
 
 // Default is the built-in configuration: everything on, safe for a VPS.
@@ -36,6 +46,8 @@ func Default() Config {
 		ShutdownTimeout: 10 * time.Second,
 		Log:             logx.DefaultConfig(),
 		HTTP:            httpserver.DefaultConfig(),
+		Relay:           relay.DefaultConfig(),
+		Signaling:       signaling.DefaultConfig(),
 	}
 }
 
@@ -45,7 +57,16 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout <= 0 || c.ShutdownTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("shutdown-timeout: %v is out of range (0s, 10m]", c.ShutdownTimeout))
 	}
-	errs = append(errs, prefix("log", c.Log.Validate()), prefix("http", c.HTTP.Validate()))
+	if c.PublicHost != "" && strings.ContainsAny(c.PublicHost, ":/ ") {
+		if _, err := netip.ParseAddr(c.PublicHost); err != nil {
+			errs = append(errs, fmt.Errorf("public-host: %q is not a host name or IP address (no port, no scheme)", c.PublicHost))
+		}
+	}
+	errs = append(errs,
+		prefix("log", c.Log.Validate()),
+		prefix("http", c.HTTP.Validate()),
+		prefix("relay", c.Relay.Validate()),
+		prefix("signaling", c.Signaling.Validate()))
 	return errors.Join(errs...)
 }
 

@@ -38,7 +38,25 @@ func DecodeStrict(data []byte, out any) error {
 	if err := dec.Decode(out); err != nil && !errors.Is(err, io.EOF) {
 		return err // checkNode should have caught it with a better message
 	}
+	nilEmpty(reflect.ValueOf(out).Elem())
 	return nil
+}
+
+// nilEmpty turns empty slices and maps ("users: {}", "allow-peers: []") into
+// nil, so a config read back from its own printout equals the original.
+func nilEmpty(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Struct:
+		for i := 0; i < v.NumField(); i++ {
+			if v.Type().Field(i).IsExported() {
+				nilEmpty(v.Field(i))
+			}
+		}
+	case reflect.Slice, reflect.Map:
+		if !v.IsNil() && v.Len() == 0 && v.CanSet() {
+			v.Set(reflect.Zero(v.Type()))
+		}
+	}
 }
 
 var unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()

@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rendezvous-p2p/rendezvous/punch"
+	"github.com/rendezvous-p2p/rendezvous/signaling/client"
+)
+
+type connectFlags struct {
+	server, room, name, token, stun, listen string
+	create, asJSON, allIfaces               bool
+	peers                                   int
+	timeout                                 time.Duration
+}
+
+func newConnectCmd() *cobra.Command {
+	var f connectFlags
+	cmd := &cobra.Command{
+		Use:   "connect",
+		Short: "Join a room and talk to its peers over direct, encrypted paths",
+		Long: `Join a room on a rendezvous server, connect to every peer in it (UDP hole
+punching, then an encrypted QUIC session), and pipe stdin/stdout over a
+reliable stream: a chat between two terminals.
+
+Events (joined, connecting, connected with the path and RTT, failed) go to
+stderr, as text or, with --json, one JSON object per line. Data goes to stdout.
+connect exits when stdin ends and every peer has received all of it (and sent
+all of its own), or on Ctrl-C.`,
+		Example: `  rendezvous connect --server http://rv.example.com:8080 --create --name alice
+  rendezvous connect --server http://rv.example.com:8080 --room K7QX2M --name bob
+  echo hello | rendezvous connect --server http://127.0.0.1:8080 --room K7QX2M --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.server == "" {
+				return errors.New("--server is required (the rendezvous server's URL, e.g. http://rv.example.com:8080)")
+			}
+			if (f.room == "") == !f.create {
+				return errors.New("give either --room CODE to join a room or --create to make one")
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if f.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, f.timeout)
+				defer cancel()
+			}
+			return runConnect(ctx, f, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.server, "server", "", "rendezvous server URL (http(s)://host:port)")
+	fl.StringVar(&f.room, "room", "", "join the room with this code")
+	fl.BoolVar(&f.create, "create", false, "create a room and print its code")
+	fl.StringVar(&f.name, "name", defaultName(), "your display name")
+	fl.StringVar(&f.token, "token", os.Getenv("RENDEZVOUS_TOKEN"), "API key or join token (default $RENDEZVOUS_TOKEN)")
+	fl.StringVar(&f.stun, "stun", "", "STUN server host:port (default: from the server's ICE servers)")
+	fl.StringVar(&f.listen, "listen", ":0", "local UDP address for the peer socket")
+	fl.BoolVar(&f.asJSON, "json", false, "print events as JSON lines on stderr")
+	fl.BoolVar(&f.allIfaces, "all-interfaces", false, "also offer addresses of container/VM interfaces")
+	fl.IntVar(&f.peers, "peers", 1, "wait for this many peers before stdin's end may finish the run")
+	fl.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: no limit)")
+	return cmd
+}
+
+func defaultName() string {
+	if h, err := os.Hostname(); err == nil {
+		return h
+	}
+	return "player"
+}
+
+// eventPrinter writes agent events to w as text or JSON lines.
+type eventPrinter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	asJSON bool
+	server string
+}
+
+func (p *eventPrinter) print(e punch.AgentEvent) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.asJSON {
+		b, _ := json.Marshal(e)
+		fmt.Fprintf(p.w, "%s\n", b)
+		return
+	}
+	who := e.PeerName
+	if who == "" {
+		who = e.PeerID
+	}
+	switch e.Event {
+	case "registered":
+		fmt.Fprintf(p.w, "registered as %s\n", e.PeerID)
+	case "reflexive":
+		fmt.Fprintf(p.w, "public address (seen by the server): %s\n", e.Addr)
+	case "room":
+		fmt.Fprintf(p.w, "in room %s, code %s — others join with: rendezvous connect --server %s --room %s\n", e.Room, e.Code, p.server, e.Code)
+	case "peer_joined":
+		fmt.Fprintf(p.w, "%s joined\n", who)
+	case "peer_left":
+		fmt.Fprintf(p.w, "%s left (%s)\n", who, e.Error)
+	case "connecting":
+		fmt.Fprintf(p.w, "connecting to %s…\n", who)
+	case "connected":
+		fmt.Fprintf(p.w, "%s path to %s: %s → %s, RTT %v (after %.0f ms)\n", e.Path.Kind, who, e.Path.Local, e.Path.Remote, e.Path.RTT.Round(100*time.Microsecond), e.TookMS)
+	case "failed":
+		fmt.Fprintf(p.w, "could not connect to %s: %s\n", who, e.Error)
+	case "done":
+		fmt.Fprintf(p.w, "finished with %s\n", who)
+	default:
+		fmt.Fprintf(p.w, "%s: %s\n", e.Event, e.Error)
+	}
+}
+
+func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, stderr io.Writer) error {
+	printer := &eventPrinter{w: stderr, asJSON: f.asJSON, server: f.server}
+	conn, err := net.ListenPacket("udp", f.listen)
+	if err != nil {
+		return fmt.Errorf("opening the peer socket: %w", err)
+	}
+	id, err := punch.NewIdentity()
+	if err != nil {
+		return err
+	}
+	ep, err := punch.NewEndpoint(conn, id, punch.DefaultConfig(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	defer ep.Close()
+	agent, err := punch.StartAgent(ctx, ep, punch.AgentConfig{
+		Signaling:      client.Config{URL: f.server, Token: f.token, Register: client.Register{Name: f.name}},
+		STUNServer:     f.stun,
+		IncludeVirtual: f.allIfaces,
+	})
+	if err != nil {
+		return fmt.Errorf("signaling: %w", err)
+	}
+	defer agent.Close()
+
+	// Stdin is read once and fanned out to every session's pipe.
+	var (
+		mu      sync.Mutex
+		pipes   []chan []byte
+		backlog [][]byte // kept until --peers sessions exist, so the first peers get everything
+		eof     bool
+	)
+	stdinDone := make(chan struct{})
+	go func() {
+		defer close(stdinDone)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := stdin.Read(buf)
+			if n > 0 {
+				chunk := append([]byte(nil), buf[:n]...)
+				mu.Lock()
+				if len(pipes) < f.peers {
+					backlog = append(backlog, chunk)
+				}
+				for _, p := range pipes {
+					p <- chunk
+				}
+				mu.Unlock()
+			}
+			if err != nil {
+				mu.Lock()
+				eof = true
+				for _, p := range pipes {
+					close(p)
+				}
+				mu.Unlock()
+				return
+			}
+		}
+	}()
+	var outMu sync.Mutex
+	out := writerFunc(func(b []byte) (int, error) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		return stdout.Write(b)
+	})
+
+	if f.create {
+		_, err = agent.CreateRoom(ctx, client.CreateRoom{Name: f.name + "'s room", Capacity: 8})
+	} else {
+		_, err = agent.Join(ctx, f.room)
+	}
+	if err != nil {
+		return err
+	}
+
+	var (
+		wg        sync.WaitGroup
+		started   int
+		pipeErrs  = make(chan error, 64)
+		allPeers  = make(chan struct{})
+		peersOnce sync.Once
+	)
+	if f.peers <= 0 {
+		peersOnce.Do(func() { close(allPeers) })
+	}
+	for {
+		select {
+		case e := <-agent.Events():
+			printer.print(e)
+		case ps := <-agent.Sessions():
+			in := make(chan []byte, 1024)
+			mu.Lock()
+			for _, chunk := range backlog {
+				in <- chunk
+			}
+			if eof {
+				close(in)
+			} else {
+				pipes = append(pipes, in)
+			}
+			started++
+			if started >= f.peers {
+				backlog = nil
+				peersOnce.Do(func() { close(allPeers) })
+			}
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := punch.Pipe(ctx, ps.Session, in, out, 5*time.Second)
+				if err != nil {
+					printer.print(punch.AgentEvent{Event: "failed", PeerID: ps.PeerID, PeerName: ps.PeerName, Error: err.Error(), Time: time.Now()})
+					pipeErrs <- err
+					return
+				}
+				printer.print(punch.AgentEvent{Event: "done", PeerID: ps.PeerID, PeerName: ps.PeerName, Time: time.Now()})
+			}()
+		case <-allPeers:
+			allPeers = nil // fire once
+			go func() {
+				<-stdinDone
+				wg.Wait()
+				pipeErrs <- nil
+			}()
+		case err := <-pipeErrs:
+			drain(agent, printer)
+			return err
+		case <-ctx.Done():
+			drain(agent, printer)
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("gave up after --timeout %v", f.timeout)
+			}
+			return nil
+		}
+	}
+}
+
+// drain prints events still queued.
+func drain(a *punch.Agent, p *eventPrinter) {
+	for {
+		select {
+		case e := <-a.Events():
+			p.print(e)
+		default:
+			return
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }

@@ -1,0 +1,289 @@
+package punch
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rendezvous-p2p/rendezvous/signaling/client"
+)
+
+// AgentConfig configures an Agent.
+type AgentConfig struct {
+	// Signaling is how to reach the server; Register.PublicKey and
+	// Register.Candidates are filled in by the agent.
+	Signaling client.Config
+	// STUNServer overrides the STUN address ("host:port") taken from the
+	// server's ICE servers.
+	STUNServer string
+	// IncludeVirtual offers addresses of container/VM interfaces as candidates.
+	IncludeVirtual bool
+	Logger         *slog.Logger
+}
+
+// AgentEvent is something that happened, for display (connect --json).
+type AgentEvent struct {
+	Event    string    `json:"event"` // registered, reflexive, room, peer_joined, peer_left, connecting, connected, failed, warning
+	PeerID   string    `json:"peer_id,omitempty"`
+	PeerName string    `json:"peer_name,omitempty"`
+	Room     string    `json:"room,omitempty"`
+	Code     string    `json:"code,omitempty"`
+	Path     *Path     `json:"path,omitempty"`
+	Addr     string    `json:"addr,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	TookMS   float64   `json:"took_ms,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+// PeerSession is a session with a peer met through signaling.
+type PeerSession struct {
+	*Session
+	PeerID, PeerName string
+}
+
+// Agent registers with the signaling server, learns its reflexive address
+// over the endpoint's socket, and turns every punch the server schedules into
+// a session.
+type Agent struct {
+	ep   *Endpoint
+	sig  *client.Client
+	log  *slog.Logger
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	sessions chan PeerSession
+	events   chan AgentEvent
+}
+
+// StartAgent connects to signaling with ep's key and candidates.
+func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	local := ep.LocalAddr()
+	v4only := local.Addr().Is4()
+	var cands []client.Candidate
+	for _, c := range HostCandidates(local.Port(), cfg.IncludeVirtual, v4only) {
+		cands = append(cands, client.Candidate{Type: string(c.Kind), Addr: c.Addr.String()})
+	}
+	sc := cfg.Signaling
+	sc.Register.PublicKey = ep.PublicKey().String()
+	sc.Register.Candidates = cands
+	if sc.Logger == nil {
+		sc.Logger = log
+	}
+	sig, err := client.Dial(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	actx, stop := context.WithCancel(context.Background())
+	a := &Agent{ep: ep, sig: sig, log: log, ctx: actx, stop: stop,
+		sessions: make(chan PeerSession, 16), events: make(chan AgentEvent, 256)}
+	reg := sig.Registered()
+	a.emit(AgentEvent{Event: "registered", PeerID: reg.PeerID})
+
+	if stunAddr, err := a.stunServer(cfg.STUNServer, sc.URL, reg.ICEServers); err != nil {
+		a.emit(AgentEvent{Event: "warning", Error: "no STUN server: " + err.Error() + "; offering host candidates only"})
+	} else {
+		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		srflx, err := ep.ReflexiveAddress(sctx, stunAddr, reg.PeerToken)
+		cancel()
+		if err != nil {
+			a.emit(AgentEvent{Event: "warning", Error: fmt.Sprintf("STUN to %s: %v; offering host candidates only", stunAddr, err)})
+		} else {
+			a.emit(AgentEvent{Event: "reflexive", Addr: srflx.String()})
+		}
+	}
+	a.wg.Add(1)
+	go a.loop()
+	return a, nil
+}
+
+// stunServer picks the STUN address: the override, else the first stun: URL
+// of the ICE servers, resolved.
+func (a *Agent) stunServer(override, sigURL string, ice []client.ICEServer) (netip.AddrPort, error) {
+	hostport := override
+	if hostport == "" {
+		for _, s := range ice {
+			for _, u := range s.URLs {
+				if rest, ok := strings.CutPrefix(u, "stun:"); ok {
+					hostport, _, _ = strings.Cut(rest, "?")
+					break
+				}
+			}
+			if hostport != "" {
+				break
+			}
+		}
+	}
+	if hostport == "" {
+		return netip.AddrPort{}, errors.New("the server offered no stun: URL")
+	}
+	ua, err := net.ResolveUDPAddr("udp", hostport)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// Events reports progress; it is closed by Close.
+func (a *Agent) Events() <-chan AgentEvent { return a.events }
+
+// Sessions delivers every session established.
+func (a *Agent) Sessions() <-chan PeerSession { return a.sessions }
+
+// Signaling is the underlying client (for rooms, signals, ...).
+func (a *Agent) Signaling() *client.Client { return a.sig }
+
+func (a *Agent) emit(e AgentEvent) {
+	e.Time = time.Now()
+	select {
+	case a.events <- e:
+	default: // nobody is reading: drop display events rather than stall
+	}
+}
+
+// CreateRoom creates a room and waits for peers to join it.
+func (a *Agent) CreateRoom(ctx context.Context, r client.CreateRoom) (client.RoomJoined, error) {
+	j, err := a.sig.CreateRoom(ctx, r)
+	if err == nil {
+		a.emit(AgentEvent{Event: "room", Room: j.Room.ID, Code: j.Room.Code})
+	}
+	return j, err
+}
+
+// Join joins a room by code and asks the server to connect this peer with
+// every member already there.
+func (a *Agent) Join(ctx context.Context, code string) (client.RoomJoined, error) {
+	j, err := a.sig.Join(ctx, client.Join{Code: code})
+	if err != nil {
+		return j, err
+	}
+	a.emit(AgentEvent{Event: "room", Room: j.Room.ID, Code: j.Room.Code})
+	me := a.sig.PeerID()
+	for _, m := range j.Members {
+		if m.ID == me {
+			continue
+		}
+		if _, err := a.sig.Connect(ctx, client.Connect{PeerID: m.ID}); err != nil {
+			a.emit(AgentEvent{Event: "failed", PeerID: m.ID, PeerName: m.Name, Error: err.Error()})
+		}
+	}
+	return j, nil
+}
+
+func (a *Agent) loop() {
+	defer a.wg.Done()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case ev, ok := <-a.sig.Events():
+			if !ok {
+				return
+			}
+			switch ev.Type {
+			case client.TypePunch:
+				var p client.Punch
+				if err := ev.Decode(&p); err != nil {
+					a.emit(AgentEvent{Event: "warning", Error: "bad punch frame: " + err.Error()})
+					continue
+				}
+				a.wg.Add(1)
+				go a.punch(p)
+			case client.TypePeerJoined:
+				var pj client.PeerJoined
+				if ev.Decode(&pj) == nil {
+					a.emit(AgentEvent{Event: "peer_joined", PeerID: pj.Peer.ID, PeerName: pj.Peer.Name, Room: pj.RoomID})
+				}
+			case client.TypePeerLeft:
+				var pl client.PeerLeft
+				if ev.Decode(&pl) == nil {
+					a.emit(AgentEvent{Event: "peer_left", PeerID: pl.PeerID, Room: pl.RoomID, Error: pl.Reason})
+				}
+			case client.EventDisconnected:
+				a.emit(AgentEvent{Event: "warning", Error: "signaling disconnected; reconnecting"})
+			}
+		}
+	}
+}
+
+// PeerFromPunch turns the server's punch frame into what Connect needs.
+func PeerFromPunch(p client.Punch, localTime func(int64) time.Time) (Peer, error) {
+	key, err := ParsePublicKey(p.Peer.PublicKey)
+	if err != nil {
+		return Peer{}, err
+	}
+	sum := sha256.Sum256([]byte(p.SessionID))
+	peer := Peer{Key: key, Start: localTime(p.StartAt)}
+	copy(peer.Session[:], sum[:8])
+	add := func(kind CandidateKind, s string) {
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			peer.Candidates = append(peer.Candidates, Candidate{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Kind: kind})
+		}
+	}
+	for _, c := range p.Peer.Candidates {
+		if c.Proto == "" || c.Proto == "udp" {
+			add(CandidateKind(c.Type), c.Addr)
+		}
+	}
+	if p.Peer.Reflexive != "" {
+		add(Reflexive, p.Peer.Reflexive)
+	}
+	return peer, nil
+}
+
+func (a *Agent) punch(p client.Punch) {
+	defer a.wg.Done()
+	who := AgentEvent{PeerID: p.Peer.ID, PeerName: p.Peer.Name}
+	peer, err := PeerFromPunch(p, a.sig.LocalTime)
+	if err != nil {
+		who.Event, who.Error = "failed", err.Error()
+		a.emit(who)
+		return
+	}
+	who.Event = "connecting"
+	a.emit(who)
+	s, err := a.ep.Connect(a.ctx, peer)
+	took := time.Since(peer.Start)
+	result := client.ConnectResult{SessionID: p.SessionID, PeerID: p.Peer.ID, Outcome: "direct", DurationMS: float64(took) / float64(time.Millisecond)}
+	if err != nil {
+		result.Outcome = "failed"
+		who.Event, who.Error = "failed", err.Error()
+	} else {
+		path := s.Path()
+		who.Event, who.Path = "connected", &path
+	}
+	who.TookMS = result.DurationMS
+	rctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
+	if rerr := a.sig.ReportResult(rctx, result); rerr != nil {
+		a.log.Debug("reporting connect result", "err", rerr)
+	}
+	cancel()
+	a.emit(who)
+	if err == nil {
+		select {
+		case a.sessions <- PeerSession{Session: s, PeerID: p.Peer.ID, PeerName: p.Peer.Name}:
+		case <-a.ctx.Done():
+			s.Close()
+		}
+	}
+}
+
+// Close leaves signaling; sessions already handed out stay up.
+func (a *Agent) Close() error {
+	a.stop()
+	err := a.sig.Close()
+	a.wg.Wait()
+	return err
+}
