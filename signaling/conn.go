@@ -240,7 +240,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	s.metrics.connections.Inc()
 
+	c.mu.Lock()
 	c.timer = time.AfterFunc(cfg.PingInterval, c.heartbeat)
+	c.mu.Unlock()
 	// Read on a fresh goroutine and return, so that net/http's per-connection
 	// goroutine (and its larger stack) is released.
 	go c.readLoop()
@@ -281,7 +283,7 @@ func (c *peerConn) enqueue(frame []byte) {
 	}
 	if len(c.queue) >= c.s.config().SendQueue {
 		c.mu.Unlock()
-		c.fail(client.CodeSlowConsumer, "send queue full", "slow_consumer")
+		c.failAsync(client.CodeSlowConsumer, "send queue full", "slow_consumer")
 		return
 	}
 	c.queue = append(c.queue, frame)
@@ -371,6 +373,19 @@ func (c *peerConn) fail(code, msg, reason string) {
 	if !c.markClosed() {
 		return
 	}
+	c.finish(code, msg, reason)
+}
+
+// failAsync is fail for callers that may hold locks (delivery paths): the
+// room bookkeeping runs on its own goroutine.
+func (c *peerConn) failAsync(code, msg, reason string) {
+	if !c.markClosed() {
+		return
+	}
+	go c.finish(code, msg, reason)
+}
+
+func (c *peerConn) finish(code, msg, reason string) {
 	c.s.metrics.disconnects.WithLabelValues(reason).Inc()
 	c.s.log.Debug("peer dropped", "peer", c.id(), "ip", c.ip, "reason", reason, "msg", msg)
 	go func() {

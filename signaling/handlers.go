@@ -166,7 +166,7 @@ func (s *Server) attach(c *peerConn, id string) bool {
 	c.detach = s.store.Attach(id, c.enqueue)
 	c.mu.Unlock()
 	if old != nil && old != c {
-		old.fail(client.CodeResumeFailed, "resumed on another connection", "replaced")
+		old.failAsync(client.CodeResumeFailed, "resumed on another connection", "replaced")
 	} else {
 		s.metrics.peers.Inc()
 	}
@@ -175,6 +175,9 @@ func (s *Server) attach(c *peerConn, id string) bool {
 
 func (s *Server) resume(ctx context.Context, c *peerConn, rid uint64, b *client.Register) *client.Error {
 	id, secret, _ := strings.Cut(b.ResumeToken, ".")
+	mu := s.lifecycleLock(id)
+	mu.Lock()
+	defer mu.Unlock()
 	grace := s.config().ResumeGrace
 	now := s.now()
 	wasOnline := false
@@ -730,6 +733,15 @@ func natPair(a, b string) string {
 // told (reason timeout/disconnected), and its record is kept for the resume
 // grace period with the room list, so a resume gives the rooms back.
 func (s *Server) peerOffline(id, reason string) {
+	mu := s.lifecycleLock(id)
+	mu.Lock()
+	defer mu.Unlock()
+	s.mu.Lock()
+	_, back := s.local[id]
+	s.mu.Unlock()
+	if back {
+		return // resumed on another connection meanwhile
+	}
 	ctx := context.Background()
 	now := s.now()
 	p, err := s.store.UpdatePeer(ctx, id, func(p *PeerRecord) error {

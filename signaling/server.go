@@ -96,6 +96,17 @@ type Server struct {
 	sessions map[string]*session
 
 	roomTimers sync.Map // room id -> *time.Timer (empty-room expiry)
+
+	// lifecycle serialises going offline and resuming for one peer id.
+	lifecycle [64]sync.Mutex
+}
+
+func (s *Server) lifecycleLock(id string) *sync.Mutex {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	return &s.lifecycle[h%uint32(len(s.lifecycle))]
 }
 
 // runtimeConfig is a Config plus what is derived from it, swapped whole on Reload.
