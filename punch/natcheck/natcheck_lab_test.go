@@ -239,9 +239,12 @@ func TestLifetime(t *testing.T) {
 	if lt == nil || !lt.Tested {
 		t.Fatalf("lifetime %+v, notes %q", lt, rep.Notes)
 	}
-	// Probes at 0.5, 1, 2, 3, 4 s of idleness; conntrack forgets after 1 s.
-	if lt.AliveAfter != 500*time.Millisecond || lt.ExpiredBy == 0 || lt.ExpiredBy > 2*time.Second {
-		t.Errorf("lifetime alive after %v, expired by %v; want alive at 0.5s and gone by 2s", lt.AliveAfter, lt.ExpiredBy)
+	// Probes at 0.5, 1, 2, 3, 4 s of idleness; conntrack forgets after 1 s
+	// (the 1 s probe is on the edge and may see it either way).
+	alive := lt.AliveAfter == 500*time.Millisecond || lt.AliveAfter == time.Second
+	gone := lt.ExpiredBy == time.Second || lt.ExpiredBy == 2*time.Second
+	if !alive || !gone || lt.ExpiredBy <= lt.AliveAfter {
+		t.Errorf("lifetime alive after %v, expired by %v; want alive at 0.5s (maybe 1s) and gone by 2s", lt.AliveAfter, lt.ExpiredBy)
 	}
 	if !strings.Contains(rep.Summary(), "forgets an idle connection") {
 		t.Errorf("summary: %s", rep.Summary())
