@@ -207,7 +207,7 @@ func (a *acmeIssuer) obtain(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	der, _, err := a.client.CreateOrderCert(ctx, order.FinalizeURL, csr, true)
+	der, _, err := a.client.CreateCertFromOrder(ctx, order, csr, true)
 	if err != nil {
 		return fmt.Errorf("finalizing the order: %w", err)
 	}

@@ -114,25 +114,43 @@ func New(cfg Config, opts Options) (*Source, error) {
 }
 
 // TLSConfig is a fresh server config that takes its certificate from the
-// source. With ACME, NextProtos holds "acme-tls/1" for TLS-ALPN-01; callers
-// append their own protocols (net/http adds h2 and http/1.1 itself).
+// source. Callers set their own NextProtos (net/http adds h2 and http/1.1;
+// TURN may offer "stun.turn"): with ACME, a TLS-ALPN-01 validation (a hello
+// offering only "acme-tls/1") is answered by a config of its own, so the
+// callers' protocols never include "acme-tls/1".
 func (s *Source) TLSConfig() *tls.Config {
 	c := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: s.GetCertificate,
 	}
 	if s.acme != nil {
-		c.NextProtos = []string{acme.ALPNProto}
+		c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if !isACMEValidation(hello) {
+				return nil, nil // the caller's config
+			}
+			cert, err := s.acme.challengeCert(hello.ServerName)
+			if err != nil {
+				return nil, err
+			}
+			return &tls.Config{
+				MinVersion:   tls.VersionTLS12,
+				Certificates: []tls.Certificate{*cert},
+				NextProtos:   []string{acme.ALPNProto},
+			}, nil
+		}
 	}
 	return c
 }
 
+func isACMEValidation(hello *tls.ClientHelloInfo) bool {
+	return len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto
+}
+
 // GetCertificate is tls.Config.GetCertificate: the current certificate, after
-// checking whether the files changed (files mode), or a TLS-ALPN-01 challenge
-// certificate when the CA is validating (ACME mode).
+// checking whether the files changed (files mode).
 func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if s.acme != nil {
-		if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto {
+		if isACMEValidation(hello) {
 			return s.acme.challengeCert(hello.ServerName)
 		}
 	} else {
