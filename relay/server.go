@@ -744,6 +744,20 @@ func (g *relayAllocator) AllocatePacketConn(conf turn.AllocateListenerConfig) (n
 	if err != nil {
 		return nil, nil, err
 	}
+	if conf.UserID == "" {
+		// pion probing for a free even port (EVEN-PORT): a socket it closes at once.
+		var conn net.PacketConn
+		err := g.pickPorts(0, func(port int) error {
+			c, err := netx.Or(s.opts.Network).ListenPacket(context.Background(), conf.Network,
+				netip.AddrPortFrom(bind, uint16(port)).String())
+			conn = c
+			return err
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		return conn, net.UDPAddrFromAddrPort(netip.AddrPortFrom(public, addrPortOf(conn.LocalAddr()).Port())), nil
+	}
 	if err := s.reserve(conf.UserID); err != nil {
 		return nil, nil, err
 	}
@@ -862,7 +876,7 @@ type slogLeveled struct{ log *slog.Logger }
 func (l *slogLeveled) Trace(string)                   {}
 func (l *slogLeveled) Tracef(string, ...any)          {}
 func (l *slogLeveled) Debug(msg string)               {}
-func (l *slogLeveled) Debugf(string, ...any)          {}
+func (l *slogLeveled) Debugf(format string, a ...any) { l.logf(format, a...) }
 func (l *slogLeveled) Info(msg string)                { l.log.Debug(msg) }
 func (l *slogLeveled) Infof(format string, a ...any)  { l.logf(format, a...) }
 func (l *slogLeveled) Warn(msg string)                { l.log.Debug(msg) }

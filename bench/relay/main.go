@@ -1,0 +1,63 @@
+// Command relaybench runs rendezvous' TURN relay (package relay) from flags,
+// for the A/B benchmark against coturn in bench/relay/run.sh. It does not
+// depend on cmd/rendezvous.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/rendezvous-p2p/rendezvous/relay"
+)
+
+func main() {
+	cfg := relay.DefaultConfig()
+	flag.StringVar(&cfg.Listen, "listen", "127.0.0.1:3478", "STUN/TURN UDP+TCP address")
+	flag.StringVar(&cfg.RelayAddress, "relay-address", "127.0.0.1", "relay IPv4 address")
+	user := flag.String("user", "bench:bench", "static user name:password")
+	secret := flag.String("secret", "", "TURN REST secret")
+	allow := flag.String("allow-peers", "127.0.0.0/8", "comma-separated allow-peers")
+	flag.IntVar(&cfg.ReadSockets, "read-sockets", 0, "SO_REUSEPORT sockets (0 = one per CPU)")
+	flag.IntVar(&cfg.SocketBuffer, "socket-buffer", 8<<20, "UDP socket buffer bytes")
+	flag.IntVar(&cfg.UserQuota, "user-quota", 0, "allocations per user (0 = unlimited)")
+	flag.IntVar(&cfg.MaxAllocationsPerIP, "max-allocations-per-ip", 0, "allocations per client IP (0 = unlimited)")
+	flag.Int64Var(&cfg.BandwidthLimit, "bandwidth-limit", 0, "bytes/s per allocation (0 = unlimited)")
+	debug := flag.Bool("debug", false, "debug logs")
+	flag.Parse()
+	cfg.TLSListen = ""
+	if name, pw, ok := strings.Cut(*user, ":"); ok {
+		cfg.Users = map[string]string{name: pw}
+	}
+	if *secret != "" {
+		cfg.AuthSecrets = []string{*secret}
+	}
+	if *allow != "" {
+		cfg.AllowPeers = strings.Split(*allow, ",")
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	srv, err := relay.New(cfg, relay.Options{Logger: log})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-srv.Ready()
+		fmt.Println("ready", srv.Addr())
+	}()
+	if err := srv.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
