@@ -25,7 +25,10 @@ type AgentConfig struct {
 	STUNServer string
 	// IncludeVirtual offers addresses of container/VM interfaces as candidates.
 	IncludeVirtual bool
-	Logger         *slog.Logger
+	// HostAddrs, when not nil, replaces the interface scan: exactly these
+	// addresses are offered as host candidates (an empty, non-nil slice offers none).
+	HostAddrs []netip.Addr
+	Logger    *slog.Logger
 }
 
 // AgentEvent is something that happened, for display (connect --json).
@@ -72,7 +75,14 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 	local := ep.LocalAddr()
 	v4only := local.Addr().Is4()
 	var cands []client.Candidate
-	for _, c := range HostCandidates(local.Port(), cfg.IncludeVirtual, v4only) {
+	hosts := HostCandidates(local.Port(), cfg.IncludeVirtual, v4only)
+	if cfg.HostAddrs != nil {
+		hosts = hosts[:0]
+		for _, ip := range cfg.HostAddrs {
+			hosts = append(hosts, Candidate{Addr: netip.AddrPortFrom(ip, local.Port()), Kind: Host})
+		}
+	}
+	for _, c := range hosts {
 		cands = append(cands, client.Candidate{Type: string(c.Kind), Addr: c.Addr.String()})
 	}
 	sc := cfg.Signaling

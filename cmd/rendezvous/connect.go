@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -21,10 +23,10 @@ import (
 )
 
 type connectFlags struct {
-	server, room, name, token, stun, listen string
-	create, asJSON, allIfaces               bool
-	peers                                   int
-	timeout                                 time.Duration
+	server, room, name, token, stun, listen, hostAddrs string
+	create, asJSON, allIfaces                          bool
+	peers                                              int
+	timeout                                            time.Duration
 }
 
 func newConnectCmd() *cobra.Command {
@@ -68,8 +70,9 @@ all of its own), or on Ctrl-C.`,
 	fl.StringVar(&f.name, "name", defaultName(), "your display name")
 	fl.StringVar(&f.token, "token", os.Getenv("RENDEZVOUS_TOKEN"), "API key or join token (default $RENDEZVOUS_TOKEN)")
 	fl.StringVar(&f.stun, "stun", "", "STUN server host:port (default: from the server's ICE servers)")
-	fl.StringVar(&f.listen, "listen", ":0", "local UDP address for the peer socket")
+	fl.StringVar(&f.listen, "listen", ":0", "local UDP address for the peer socket (\"0.0.0.0:0\": IPv4 only, \"[::]:0\": IPv6 only)")
 	fl.BoolVar(&f.asJSON, "json", false, "print events as JSON lines on stderr")
+	fl.StringVar(&f.hostAddrs, "host-addrs", "auto", "host candidates to offer: auto (this machine's interfaces), none, or a comma-separated list of IPs")
 	fl.BoolVar(&f.allIfaces, "all-interfaces", false, "also offer addresses of container/VM interfaces")
 	fl.IntVar(&f.peers, "peers", 1, "wait for this many peers before stdin's end may finish the run")
 	fl.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: no limit)")
@@ -129,7 +132,11 @@ func (p *eventPrinter) print(e punch.AgentEvent) {
 
 func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, stderr io.Writer) error {
 	printer := &eventPrinter{w: stderr, asJSON: f.asJSON, server: f.server}
-	conn, err := net.ListenPacket("udp", f.listen)
+	hostAddrs, err := parseHostAddrs(f.hostAddrs)
+	if err != nil {
+		return err
+	}
+	conn, err := net.ListenPacket(udpNetwork(f.listen), f.listen)
 	if err != nil {
 		return fmt.Errorf("opening the peer socket: %w", err)
 	}
@@ -146,6 +153,7 @@ func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, st
 		Signaling:      client.Config{URL: f.server, Token: f.token, Register: client.Register{Name: f.name}},
 		STUNServer:     f.stun,
 		IncludeVirtual: f.allIfaces,
+		HostAddrs:      hostAddrs,
 	})
 	if err != nil {
 		return fmt.Errorf("signaling: %w", err)
@@ -263,6 +271,41 @@ func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, st
 			return nil
 		}
 	}
+}
+
+// udpNetwork keeps a socket to the family its listen address names:
+// "0.0.0.0:0" means IPv4 only, "[::]:0" IPv6 only, ":0" both.
+func udpNetwork(listen string) string {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || host == "" {
+		return "udp"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Is4() {
+			return "udp4"
+		}
+		return "udp6"
+	}
+	return "udp"
+}
+
+// parseHostAddrs reads --host-addrs: nil for auto, empty for none.
+func parseHostAddrs(s string) ([]netip.Addr, error) {
+	switch s {
+	case "auto", "":
+		return nil, nil
+	case "none":
+		return []netip.Addr{}, nil
+	}
+	var out []netip.Addr
+	for _, part := range strings.Split(s, ",") {
+		ip, err := netip.ParseAddr(strings.TrimSpace(part))
+		if err != nil {
+			return nil, fmt.Errorf("--host-addrs: %q is not an IP address (or use auto / none)", part)
+		}
+		out = append(out, ip)
+	}
+	return out, nil
 }
 
 // drain prints events still queued.

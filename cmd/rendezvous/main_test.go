@@ -59,6 +59,12 @@ func startServe(t *testing.T, home string, extra ...string) *proc {
 	cmd := exec.Command(binary, args...)
 	cmd.Dir = home
 	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_STATE_HOME=", "STATE_DIRECTORY=", "NOTIFY_SOCKET=")
+	return watch(t, cmd)
+}
+
+// watch starts cmd and collects its stderr as JSON log lines (or text).
+func watch(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -95,12 +101,23 @@ func startServe(t *testing.T, home string, extra ...string) *proc {
 // waitLog waits for a log line with the given msg and returns it.
 func (p *proc) waitLog(t *testing.T, msg string, timeout time.Duration) map[string]any {
 	t.Helper()
+	return p.waitLine(t, "msg="+msg, func(l map[string]any) bool { return l["msg"] == msg }, timeout)
+}
+
+// waitEvent waits for a `connect --json` event of the given kind.
+func (p *proc) waitEvent(t *testing.T, event string, timeout time.Duration) map[string]any {
+	t.Helper()
+	return p.waitLine(t, "event="+event, func(l map[string]any) bool { return l["event"] == event }, timeout)
+}
+
+func (p *proc) waitLine(t *testing.T, what string, match func(map[string]any) bool, timeout time.Duration) map[string]any {
+	t.Helper()
 	deadline := time.After(timeout)
 	seen := 0
 	for {
 		p.mu.Lock()
 		for ; seen < len(p.lines); seen++ {
-			if p.lines[seen]["msg"] == msg {
+			if match(p.lines[seen]) {
 				l := p.lines[seen]
 				p.mu.Unlock()
 				return l
@@ -111,9 +128,15 @@ func (p *proc) waitLog(t *testing.T, msg string, timeout time.Duration) map[stri
 		case <-p.added:
 		case err := <-p.exit:
 			p.exit <- err
-			t.Fatalf("rendezvous exited (%v) before logging %q; log:\n%s", err, msg, p.dump())
+			p.mu.Lock()
+			n := len(p.lines)
+			p.mu.Unlock()
+			if seen < n {
+				continue // lines arrived with the exit: look at them first
+			}
+			t.Fatalf("process exited (%v) before %s; output:\n%s", err, what, p.dump())
 		case <-deadline:
-			t.Fatalf("no %q log line within %v; log:\n%s", msg, timeout, p.dump())
+			t.Fatalf("no %s within %v; output:\n%s", what, timeout, p.dump())
 		}
 	}
 }
