@@ -141,7 +141,7 @@ func TestConnectAcrossKernelNATs(t *testing.T) {
 				name := a.String() + " × " + b.String()
 				t.Run(strings.ReplaceAll(name, " × ", "_x_"), func(t *testing.T) {
 					t.Parallel()
-					r := connectPair(t, server, lab.Router(short[a]+"0").Hosts()[0], lab.Router(short[b]+"1").Hosts()[0], "0.0.0.0:0", payload)
+					r := connectPair(t, server, lab.Router(short[a] + "0").Hosts()[0], lab.Router(short[b] + "1").Hosts()[0], "0.0.0.0:0", payload)
 					r.name = name
 					mu.Lock()
 					rows = append(rows, r)
