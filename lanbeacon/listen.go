@@ -243,7 +243,11 @@ func (l *Listener) Run(ctx context.Context) error {
 		} else {
 			c6 = c
 			conns = append(conns, c6)
-			p6 = ipv6.NewPacketConn(c6)
+			if uc, ok := c6.(*net.UDPConn); ok {
+				p6 = ipv6.NewPacketConn(uc) // group membership and control messages
+			} else {
+				l.log.Warn("lanbeacon: IPv6 socket is not a UDP socket, cannot join the group")
+			}
 		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -264,7 +268,7 @@ func (l *Listener) Run(ctx context.Context) error {
 	}()
 	l.refreshInterfaces(p6)
 	wg.Go(func() { l.read4(c4) })
-	if p6 != nil {
+	if c6 != nil {
 		wg.Go(func() { l.read6(c6, p6) })
 	}
 	close(l.ready)
@@ -326,8 +330,13 @@ func (l *Listener) refreshInterfaces(p6 *ipv6.PacketConn) {
 }
 
 func (l *Listener) read4(c net.PacketConn) {
-	p := ipv4.NewPacketConn(c)
-	withCM := p.SetControlMessage(ipv4.FlagInterface, true) == nil
+	// Control messages (the receiving interface) need a real UDP socket;
+	// an injected PacketConn is read plainly.
+	var p *ipv4.PacketConn
+	if uc, ok := c.(*net.UDPConn); ok {
+		p = ipv4.NewPacketConn(uc)
+	}
+	withCM := p != nil && p.SetControlMessage(ipv4.FlagInterface, true) == nil
 	buf := make([]byte, MaxPacketSize+1)
 	for {
 		var n, ifindex int
@@ -353,7 +362,7 @@ func (l *Listener) read4(c net.PacketConn) {
 }
 
 func (l *Listener) read6(c net.PacketConn, p *ipv6.PacketConn) {
-	withCM := p.SetControlMessage(ipv6.FlagInterface, true) == nil
+	withCM := p != nil && p.SetControlMessage(ipv6.FlagInterface, true) == nil
 	buf := make([]byte, MaxPacketSize+1)
 	for {
 		var n, ifindex int
