@@ -53,7 +53,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "stun_peer_tokens_total", Help: "STUN Bindings with a PEER-TOKEN reported by the relay, by result."}, []string{"result"}),
 		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "heartbeat_rtt_seconds", Help: "Round trip of server pings.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+			Buckets: []float64{.0005, .001, .002, .003, .005, .0075, .01, .015, .02, .028, .04, .06, .1, .25, .5, 1, 2.5, 5}}),
 		connectRequests: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "connect_sessions_total", Help: "Punch sessions scheduled."}),
 		connectOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
