@@ -697,3 +697,40 @@ func TestSymmetricPunchFails(t *testing.T) {
 		t.Errorf("b got %q before the marker", msg)
 	}
 }
+
+// TestSameLANPrefix: two homes on the same private prefix (both
+// 192.168.1.0/24) reach the server, seen from their routers' addresses; a
+// connected UDP socket (DialUDP) works from inside a host.
+func TestSameLANPrefix(t *testing.T) {
+	t.Parallel()
+	home := netip.MustParsePrefix("192.168.1.0/24")
+	lab := New(t, Topology{Routers: []Router{
+		{Name: "a", NAT: PortRestricted, Hosts: 1, LAN: home},
+		{Name: "b", NAT: FullCone, Hosts: 1, LAN: home},
+	}})
+	if lab.Host("a", 0).Addr() != lab.Host("b", 0).Addr() || !home.Contains(lab.Host("a", 0).Addr()) {
+		t.Fatalf("hosts %v and %v, want the same address in %v", lab.Host("a", 0).Addr(), lab.Host("b", 0).Addr(), home)
+	}
+	srv := listen(t, lab.Server().Host, "udp4", "203.0.113.1:5000")
+	for _, r := range []string{"a", "b"} {
+		c, err := lab.Host(r, 0).DialUDP(netip.MustParseAddrPort("203.0.113.1:5000"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(r)); err != nil {
+			t.Fatal(err)
+		}
+		msg, from := mustRecv(t, srv)
+		if msg != r || from.Addr() != lab.Router(r).Public() {
+			t.Errorf("server got %q from %v, want %q from %v", msg, from, r, lab.Router(r).Public())
+		}
+		sendTo(t, srv, "reply-"+r, from)
+		buf := make([]byte, 100)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != "reply-"+r {
+			t.Errorf("%s: reply %q, %v", r, buf[:n], err)
+		}
+	}
+}
