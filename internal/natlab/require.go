@@ -102,6 +102,14 @@ var (
 func RequireNetem(t testing.TB) {
 	t.Helper()
 	Require(t)
+	if !HasNetem() {
+		t.Skipf("natlab: skipping test that needs delay/loss: %s", netemReason)
+	}
+}
+
+// HasNetem reports whether the kernel can delay and drop packets with netem,
+// so a benchmark can fall back to delaying in its own sockets. Call it after Require.
+func HasNetem() bool {
 	netemOnce.Do(func() {
 		probe := newLabPrefix() + "probe"
 		if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
@@ -113,7 +121,5 @@ func RequireNetem(t testing.TB) {
 			netemReason = fmt.Sprintf("this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM): tc: %s", bytes.TrimSpace(out))
 		}
 	})
-	if netemReason != "" {
-		t.Skipf("natlab: skipping test that needs delay/loss: %s", netemReason)
-	}
+	return netemReason == ""
 }
