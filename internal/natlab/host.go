@@ -2,6 +2,7 @@ package natlab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -57,7 +58,7 @@ func (h *Host) Addr6() netip.Addr { return h.ifaces[0].Addr6.Addr() }
 // Do runs fn on an OS thread switched into the host's namespace. Sockets
 // created inside fn stay in the namespace. fn must not start goroutines that
 // expect to be in the namespace.
-func (h *Host) Do(fn func() error) error {
+func (h *Host) Do(fn func() error) (err error) {
 	runtime.LockOSThread()
 	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
 	if err != nil {
@@ -69,14 +70,17 @@ func (h *Host) Do(fn func() error) error {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("natlab: setns into %s: %w", h.netns, err)
 	}
-	ferr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// Leave the thread locked: the runtime ends it with this goroutine
-		// rather than reuse a thread stuck in the lab's namespace.
-		return fmt.Errorf("natlab: setns back from %s: %w", h.netns, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	// Deferred, so that a panic in fn also switches the thread back.
+	defer func() {
+		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr != nil {
+			// Leave the thread locked: the runtime ends it with this
+			// goroutine rather than reuse a thread stuck in the lab.
+			err = errors.Join(err, fmt.Errorf("natlab: setns back from %s: %w", h.netns, serr))
+			return
+		}
+		runtime.UnlockOSThread()
+	}()
+	return fn()
 }
 
 // ListenPacket opens a packet socket in the host's namespace.

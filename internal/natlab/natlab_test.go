@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -732,5 +733,33 @@ func TestSameLANPrefix(t *testing.T) {
 		if err != nil || string(buf[:n]) != "reply-"+r {
 			t.Errorf("%s: reply %q, %v", r, buf[:n], err)
 		}
+	}
+}
+
+// TestDoRestoresNamespace: after Do (even one that panics) the thread is
+// back in its own namespace; inside, it is in the host's.
+func TestDoRestoresNamespace(t *testing.T) {
+	t.Parallel()
+	lab := New(t, Topology{SkipSelfCheck: true})
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inside string
+	func() {
+		defer func() { recover() }()
+		lab.Server().Do(func() error {
+			inside, _ = os.Readlink("/proc/thread-self/ns/net")
+			panic("boom")
+		})
+	}()
+	after, _ := os.Readlink("/proc/thread-self/ns/net")
+	if after != before {
+		t.Errorf("thread left in namespace %s after a panicking Do (was %s)", after, before)
+	}
+	if inside == before || inside == "" {
+		t.Errorf("inside Do the thread was in %q, the test's own namespace", inside)
 	}
 }

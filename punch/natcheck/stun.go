@@ -31,6 +31,8 @@ type reply struct {
 
 func newConn(pc net.PacketConn, owned bool) *conn {
 	c := &conn{pc: pc, owned: owned, pending: map[[stun.TransactionIDSize]byte]chan reply{}, done: make(chan struct{})}
+	// A deadline the caller left on its socket would make every read fail.
+	pc.SetReadDeadline(time.Time{})
 	go c.read()
 	return c
 }
