@@ -763,3 +763,23 @@ func TestDoRestoresNamespace(t *testing.T) {
 		t.Errorf("inside Do the thread was in %q, the test's own namespace", inside)
 	}
 }
+
+// TestManyRouters: every profile with hairpin on and off as routers of one
+// lab (the shape of a punching matrix), all measured by one self-check.
+func TestManyRouters(t *testing.T) {
+	t.Parallel()
+	var top Topology
+	for _, nat := range NATs {
+		for _, hairpin := range []bool{false, true} {
+			top.Routers = append(top.Routers, Router{Name: fmt.Sprintf("r%d%v", len(top.Routers), map[bool]string{false: "n", true: "h"}[hairpin]), NAT: nat, Hairpin: hairpin, Hosts: 2})
+		}
+	}
+	lab := New(t, top)
+	for _, r := range lab.Routers() {
+		m, ok := lab.Measured(r.Name())
+		if !ok || m.Behavior != r.Expected() {
+			t.Errorf("router %s (%v): measured %+v, want %+v", r.Name(), r.Spec().NAT, m.Behavior, r.Expected())
+		}
+	}
+	t.Logf("%d routers, %d namespaces: build %v, self-check %v", len(top.Routers), len(lab.Namespaces()), lab.BuildTime, lab.SelfCheckTime)
+}
