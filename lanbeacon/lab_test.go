@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -149,21 +150,7 @@ func TestLab(t *testing.T) {
 					want = append(want, a.ID())
 				}
 			}
-			peers := waitFound(t, l, l.readyAt.Add(interval+slack), want...)
-			for j, a := range anns {
-				if p, ok := peers[a.ID()]; ok && p.Addr() == hosts[j].Addr() {
-					continue
-				} else if ok {
-					// The first path heard may be IPv6 link-local; the IPv4 source must be among them.
-					found := false
-					for _, s := range p.Sources {
-						found = found || s.Addr == hosts[j].Addr()
-					}
-					if !found {
-						t.Errorf("a/%d sees a/%d from %+v, want %v among the sources", i, j, p.Sources, hosts[j].Addr())
-					}
-				}
-			}
+			waitFound(t, l, l.readyAt.Add(interval+slack), want...)
 		}
 		// b/0 announced all along. Once b has finished two more rounds and
 		// a/0 has taken three more beacons from its LAN after that, anything b
@@ -183,6 +170,19 @@ func TestLab(t *testing.T) {
 			for _, p := range tab {
 				if p.Instance == annB.ID() {
 					t.Errorf("a/%d found b/0 behind another router", i)
+				}
+			}
+			// By now every path has been heard: IPv4 broadcast and IPv6 link-local.
+			for _, p := range tab {
+				j := slices.IndexFunc(anns, func(a *Announcer) bool { return a.ID() == p.Instance })
+				v4, v6 := false, false
+				for _, s := range p.Sources {
+					v4 = v4 || (j >= 0 && s.Addr == hosts[j].Addr())
+					v6 = v6 || (s.Addr.IsLinkLocalUnicast() && s.Interface == "rz-lan0")
+				}
+				if !v4 || !v6 {
+					t.Errorf("a/%d sees a/%d from %+v, want its IPv4 address and a link-local address on rz-lan0",
+						i, j, p.Sources)
 				}
 			}
 			if st := l.Stats(); st.Own == 0 {
@@ -334,6 +334,9 @@ func TestLab(t *testing.T) {
 		}
 		sent := a.Stats().Sent
 		for i, l := range []*labListener{l1, l2} {
+			// The other goodbye paths may still be in flight.
+			waitFor(t, fmt.Sprintf("listener %d to receive all %d datagrams", i+1, sent), 5*time.Second,
+				func() bool { return l.Stats().Received >= sent })
 			st := l.Stats()
 			if st.Accepted+st.Goodbyes != sent || st.Received != sent {
 				t.Errorf("listener %d took %d beacons + %d goodbyes of %d received, announcer sent %d",
@@ -398,5 +401,3 @@ func (c *mutableConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	}
 	return c.PacketConn.WriteTo(b, addr)
 }
-
-

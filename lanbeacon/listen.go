@@ -267,9 +267,18 @@ func (l *Listener) Run(ctx context.Context) error {
 		l.mu.Unlock()
 	}()
 	l.refreshInterfaces(p6)
-	wg.Go(func() { l.read4(c4) })
+	// Ask for the receiving interface before anything can arrive: the kernel
+	// records it per datagram at queueing time. Control messages need a real
+	// UDP socket; an injected PacketConn is read plainly.
+	var p4 *ipv4.PacketConn
+	if uc, ok := c4.(*net.UDPConn); ok {
+		p4 = ipv4.NewPacketConn(uc)
+	}
+	cm4 := p4 != nil && p4.SetControlMessage(ipv4.FlagInterface, true) == nil
+	cm6 := p6 != nil && p6.SetControlMessage(ipv6.FlagInterface, true) == nil
+	wg.Go(func() { l.read4(c4, p4, cm4) })
 	if c6 != nil {
-		wg.Go(func() { l.read6(c6, p6) })
+		wg.Go(func() { l.read6(c6, p6, cm6) })
 	}
 	close(l.ready)
 
@@ -329,14 +338,7 @@ func (l *Listener) refreshInterfaces(p6 *ipv6.PacketConn) {
 	}
 }
 
-func (l *Listener) read4(c net.PacketConn) {
-	// Control messages (the receiving interface) need a real UDP socket;
-	// an injected PacketConn is read plainly.
-	var p *ipv4.PacketConn
-	if uc, ok := c.(*net.UDPConn); ok {
-		p = ipv4.NewPacketConn(uc)
-	}
-	withCM := p != nil && p.SetControlMessage(ipv4.FlagInterface, true) == nil
+func (l *Listener) read4(c net.PacketConn, p *ipv4.PacketConn, withCM bool) {
 	buf := make([]byte, MaxPacketSize+1)
 	for {
 		var n, ifindex int
@@ -361,8 +363,7 @@ func (l *Listener) read4(c net.PacketConn) {
 	}
 }
 
-func (l *Listener) read6(c net.PacketConn, p *ipv6.PacketConn) {
-	withCM := p != nil && p.SetControlMessage(ipv6.FlagInterface, true) == nil
+func (l *Listener) read6(c net.PacketConn, p *ipv6.PacketConn, withCM bool) {
 	buf := make([]byte, MaxPacketSize+1)
 	for {
 		var n, ifindex int
