@@ -154,11 +154,12 @@ func (s *Server) serveRooms(w http.ResponseWriter, r *http.Request) {
 type smallBuffers struct {
 	http.ResponseWriter
 	size int
+	out  *batchWriter // set by Hijack
 }
 
 const connBufferSize = 512
 
-func (h smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (h *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
@@ -176,7 +177,8 @@ func (h smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			return nil, nil, err
 		}
 	}
-	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, h.size)), nil
+	h.out = &batchWriter{nc: nc}
+	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(h.out, h.size)), nil
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -192,7 +194,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !opts.InsecureSkipVerify {
 		opts.OriginPatterns = cfg.AllowedOrigins
 	}
-	ws, err := websocket.Accept(smallBuffers{w, connBufferSize}, r, opts)
+	sb := &smallBuffers{ResponseWriter: w, size: connBufferSize}
+	ws, err := websocket.Accept(sb, r, opts)
 	if err != nil {
 		return // Accept wrote the HTTP error
 	}
@@ -219,6 +222,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	c := &peerConn{
 		s:       s,
 		ws:      ws,
+		out:     sb.out,
 		ip:      ip,
 		auth:    ai,
 		limiter: rate.NewLimiter(rate.Limit(cfg.MsgRate), cfg.MsgBurst),
@@ -252,6 +256,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 type peerConn struct {
 	s       *Server
 	ws      *websocket.Conn
+	out     *batchWriter
 	ip      netip.Addr
 	auth    authInfo
 	limiter *rate.Limiter
@@ -295,6 +300,7 @@ func (c *peerConn) enqueue(frame []byte) {
 }
 
 func (c *peerConn) writeLoop() {
+	var batch [][]byte
 	for {
 		c.mu.Lock()
 		if c.closed || len(c.queue) == 0 {
@@ -303,19 +309,81 @@ func (c *peerConn) writeLoop() {
 			c.mu.Unlock()
 			return
 		}
-		f := c.queue[0]
-		c.queue[0] = nil
-		c.queue = c.queue[1:]
+		// Take everything queued: under load several frames go out in one
+		// write system call instead of one each.
+		batch = append(batch[:0], c.queue...)
+		clear(c.queue)
+		c.queue = c.queue[:0]
 		c.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), c.s.config().WriteTimeout)
-		err := c.ws.Write(ctx, websocket.MessageText, f)
-		cancel()
-		if err != nil {
+		if err := c.writeBatch(batch); err != nil {
 			c.fail("", "write: "+err.Error(), "write_error")
 			return
 		}
-		c.s.metrics.framesSent.Inc()
+		c.s.metrics.framesSent.Add(float64(len(batch)))
+		clear(batch)
 	}
+}
+
+func (c *peerConn) writeBatch(batch [][]byte) error {
+	deadline := time.Now().Add(c.s.config().WriteTimeout)
+	if c.out == nil || len(batch) == 1 {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		defer cancel()
+		for _, f := range batch {
+			if err := c.ws.Write(ctx, websocket.MessageText, f); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	c.out.hold()
+	for _, f := range batch {
+		// Held writes only append to memory: they cannot block.
+		if err := c.ws.Write(context.Background(), websocket.MessageText, f); err != nil {
+			c.out.release(deadline)
+			return err
+		}
+	}
+	return c.out.release(deadline)
+}
+
+// batchWriter sits under the WebSocket's bufio.Writer. While held, flushed
+// frames collect in memory; release writes them with one system call.
+type batchWriter struct {
+	mu   sync.Mutex
+	nc   net.Conn
+	held bool
+	buf  []byte
+}
+
+func (w *batchWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.held {
+		w.buf = append(w.buf, p...)
+		return len(p), nil
+	}
+	return w.nc.Write(p)
+}
+
+func (w *batchWriter) hold() {
+	w.mu.Lock()
+	w.held = true
+	w.mu.Unlock()
+}
+
+func (w *batchWriter) release(deadline time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.held = false
+	if len(w.buf) == 0 {
+		return nil
+	}
+	w.nc.SetWriteDeadline(deadline)
+	_, err := w.nc.Write(w.buf)
+	w.nc.SetWriteDeadline(time.Time{})
+	w.buf = nil // an idle peer keeps no buffer
+	return err
 }
 
 // heartbeat runs every ping interval on a runtime timer.
