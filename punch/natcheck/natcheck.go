@@ -12,7 +12,7 @@
 //	M-III Binding            alternate ip + port          address-dependent mapping?
 //	hairpin                  second socket -> own public address
 //	lifetime                 RESPONSE-PORT from a second socket after idle periods (optional)
-//	IPv6                     Binding to the server's IPv6 address
+//	IPv6                     Binding (and the filtering tests) over IPv6
 //
 // The filtering tests run before the mapping tests II/III on purpose: sending
 // to the alternate address opens the router's filter for it. A server without
@@ -128,6 +128,10 @@ type IPv6 struct {
 	Tested    bool   `json:"tested"`
 	Reachable bool   `json:"reachable"`
 	Public    string `json:"public,omitempty"`
+	// Filtering is the IPv6 firewall's behaviour (tested when the IPv6 server
+	// has an OTHER-ADDRESS): a home router's stateful firewall is
+	// address-and-port-dependent, like a port-restricted NAT.
+	Filtering Filtering `json:"filtering,omitempty"`
 }
 
 // Check runs the tests. It returns an error only when it cannot start
@@ -266,7 +270,7 @@ func (ck *checker) nat(ctx context.Context, c *conn, server netip.AddrPort) {
 	}
 
 	if rep.RFC5780 {
-		ck.filtering(ctx, c, server, other)
+		rep.Filtering = ck.filtering(ctx, c, server, other, "")
 		if rep.BehindNAT {
 			ck.mapping(ctx, c, server, other, b1.mapped)
 		}
@@ -279,25 +283,24 @@ func (ck *checker) nat(ctx context.Context, c *conn, server netip.AddrPort) {
 	}
 }
 
-// filtering: RFC 5780 §4.4 tests II and III.
-func (ck *checker) filtering(ctx context.Context, c *conn, server, other netip.AddrPort) {
+// filtering: RFC 5780 §4.4 tests II and III. label prefixes notes ("" or "IPv6 ").
+func (ck *checker) filtering(ctx context.Context, c *conn, server, other netip.AddrPort, label string) Filtering {
 	r, err := c.roundTrip(ctx, server, ck.rto, ck.opts.Timeout, changeRequest{ip: true, port: true})
 	if err == nil {
 		b, perr := parseBinding(r)
 		switch {
 		case perr != nil:
-			ck.note("filtering test II: %v", perr)
-			return
+			ck.note("%sfiltering test II: %v", label, perr)
+			return FilteringUnknown
 		case b.from != other:
-			ck.note("filtering test II: the server answered from %v instead of %v (CHANGE-REQUEST ignored)", b.from, other)
-			return
+			ck.note("%sfiltering test II: the server answered from %v instead of %v (CHANGE-REQUEST ignored)", label, b.from, other)
+			return FilteringUnknown
 		}
-		ck.rep.Filtering = FilteringEndpointIndependent
-		return
+		return FilteringEndpointIndependent
 	}
 	if !errors.Is(err, errTimeout) {
-		ck.note("filtering test II: %v", err)
-		return
+		ck.note("%sfiltering test II: %v", label, err)
+		return FilteringUnknown
 	}
 	r, err = c.roundTrip(ctx, server, ck.rto, ck.opts.Timeout, changeRequest{port: true})
 	if err == nil {
@@ -305,20 +308,19 @@ func (ck *checker) filtering(ctx context.Context, c *conn, server, other netip.A
 		want := netip.AddrPortFrom(server.Addr(), other.Port())
 		switch {
 		case perr != nil:
-			ck.note("filtering test III: %v", perr)
-			return
+			ck.note("%sfiltering test III: %v", label, perr)
+			return FilteringUnknown
 		case b.from != want:
-			ck.note("filtering test III: the server answered from %v instead of %v", b.from, want)
-			return
+			ck.note("%sfiltering test III: the server answered from %v instead of %v", label, b.from, want)
+			return FilteringUnknown
 		}
-		ck.rep.Filtering = FilteringAddressDependent
-		return
+		return FilteringAddressDependent
 	}
 	if !errors.Is(err, errTimeout) {
-		ck.note("filtering test III: %v", err)
-		return
+		ck.note("%sfiltering test III: %v", label, err)
+		return FilteringUnknown
 	}
-	ck.rep.Filtering = FilteringAddressAndPortDependent
+	return FilteringAddressAndPortDependent
 }
 
 // mapping: RFC 5780 §4.3 tests II and III.
@@ -541,6 +543,7 @@ func (ck *checker) responsePortProbe(ctx context.Context, target *conn, server, 
 // ipv6: one Binding over IPv6.
 func (ck *checker) ipv6(ctx context.Context, server netip.AddrPort) {
 	ck.rep.IPv6.Tested = true
+	ck.rep.IPv6.Filtering = FilteringUnknown
 	pc, err := ck.nw.ListenPacket(ctx, "udp6", ":0")
 	if err != nil {
 		ck.note("IPv6: no IPv6 socket: %v", err)
@@ -560,4 +563,7 @@ func (ck *checker) ipv6(ctx context.Context, server netip.AddrPort) {
 	}
 	ck.rep.IPv6.Reachable = true
 	ck.rep.IPv6.Public = b.mapped.String()
+	if b.other.IsValid() && b.other.Addr() != server.Addr() && b.other.Port() != server.Port() {
+		ck.rep.IPv6.Filtering = ck.filtering(ctx, c, server, b.other, "IPv6 ")
+	}
 }

@@ -102,8 +102,16 @@ func TestProfilesInLab(t *testing.T) {
 				if pub, err := netip.ParseAddrPort(rep.Public); err != nil || pub.Addr() != wantPublic {
 					t.Errorf("public %q, want address %v", rep.Public, wantPublic)
 				}
-				if !rep.IPv6.Reachable || rep.IPv6.Public != netip.AddrPortFrom(lab.Host("a", 0).Addr6(), 0).Addr().String() && !strings.HasPrefix(rep.IPv6.Public, "["+lab.Host("a", 0).Addr6().String()+"]:") {
+				// IPv6 is routed: the server sees the host's own address.
+				if pub6, err := netip.ParseAddrPort(rep.IPv6.Public); !rep.IPv6.Reachable || err != nil || pub6.Addr() != lab.Host("a", 0).Addr6() {
 					t.Errorf("IPv6 %+v, want reachable from %v", rep.IPv6, lab.Host("a", 0).Addr6())
+				}
+				want6 := natcheck.FilteringAddressAndPortDependent // the routers' stateful IPv6 firewall
+				if nat == natlab.None {
+					want6 = natcheck.FilteringEndpointIndependent
+				}
+				if rep.IPv6.Filtering != want6 {
+					t.Errorf("IPv6 filtering %v, want %v", rep.IPv6.Filtering, want6)
 				}
 				if !strings.Contains(rep.Summary(), w.summary) {
 					t.Errorf("summary lacks %q:\n%s", w.summary, rep.Summary())

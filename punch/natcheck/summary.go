@@ -95,7 +95,14 @@ func (r *Report) Summary() string {
 	}
 	if r.IPv6.Tested {
 		if r.IPv6.Reachable {
-			add("IPv6 works: players with IPv6 can also connect to you over it.")
+			switch r.IPv6.Filtering {
+			case FilteringEndpointIndependent:
+				add("IPv6 works and nothing blocks incoming IPv6: players with IPv6 can connect to you directly.")
+			case FilteringAddressDependent, FilteringAddressAndPortDependent:
+				add("IPv6 works; a firewall only lets in players you contacted first, which hole punching handles: players with IPv6 can connect to you directly.")
+			default:
+				add("IPv6 works: players with IPv6 can also connect to you over it.")
+			}
 		} else {
 			add("IPv6 does not work from here; IPv4 is used.")
 		}
