@@ -28,6 +28,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/netx"
@@ -164,14 +165,16 @@ func Check(ctx context.Context, opts Options) (*Report, error) {
 	defer main.stop()
 	rep.Local = main.pc.LocalAddr().String()
 
+	var wg sync.WaitGroup
 	if server4.IsValid() {
-		ck.nat(ctx, main, server4)
+		wg.Go(func() { ck.nat(ctx, main, server4) })
 	} else {
-		rep.Notes = append(rep.Notes, "the server has no IPv4 address: NAT tests skipped")
+		ck.note("the server has no IPv4 address: NAT tests skipped")
 	}
 	if server6.IsValid() {
-		ck.ipv6(ctx, server6)
+		wg.Go(func() { ck.ipv6(ctx, server6) })
 	}
+	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return rep, err
 	}
@@ -231,7 +234,10 @@ func resolve(ctx context.Context, opts Options) (v4, v6 netip.AddrPort, err erro
 	return v4, v6, nil
 }
 
+// checker runs the tests; independent ones run at once (each writes its own
+// Report fields), so a check takes about the longest chain of timeouts.
 type checker struct {
+	mu   sync.Mutex // Notes
 	opts Options
 	nw   netx.Network
 	rep  *Report
@@ -239,6 +245,8 @@ type checker struct {
 }
 
 func (ck *checker) note(format string, args ...any) {
+	ck.mu.Lock()
+	defer ck.mu.Unlock()
 	ck.rep.Notes = append(ck.rep.Notes, fmt.Sprintf(format, args...))
 }
 
@@ -269,18 +277,22 @@ func (ck *checker) nat(ctx context.Context, c *conn, server netip.AddrPort) {
 		ck.note("the server gave no usable OTHER-ADDRESS (RFC 5780): mapping and filtering behaviour not tested")
 	}
 
+	var wg sync.WaitGroup
 	if rep.RFC5780 {
-		rep.Filtering = ck.filtering(ctx, c, server, other, "")
-		if rep.BehindNAT {
-			ck.mapping(ctx, c, server, other, b1.mapped)
-		}
+		wg.Go(func() {
+			rep.Filtering = ck.filtering(ctx, c, server, other, "")
+			if rep.BehindNAT {
+				ck.mapping(ctx, c, server, other, b1.mapped)
+			}
+		})
 	}
 	if rep.BehindNAT {
-		ck.hairpin(ctx, c, server, b1.mapped)
+		wg.Go(func() { ck.hairpin(ctx, c, server, b1.mapped) })
 	}
 	if ck.opts.Lifetime > 0 {
-		ck.lifetime(ctx, server)
+		wg.Go(func() { ck.lifetime(ctx, server) })
 	}
+	wg.Wait()
 }
 
 // filtering: RFC 5780 §4.4 tests II and III. label prefixes notes ("" or "IPv6 ").
