@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"github.com/pion/turn/v5"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/rendezvous-p2p/rendezvous/signaling/client"
 	"github.com/spf13/cobra"
 )
 
@@ -58,7 +60,7 @@ func startServe(t *testing.T, home string, extra ...string) *proc {
 	args := append([]string{"serve", "--http-listen", "127.0.0.1:0", "--relay-listen", "127.0.0.1:0", "--public-host", "127.0.0.1", "--log-format", "json"}, extra...)
 	cmd := exec.Command(binary, args...)
 	cmd.Dir = home
-	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_STATE_HOME=", "STATE_DIRECTORY=", "NOTIFY_SOCKET=")
+	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_STATE_HOME="+filepath.Join(home, "xdg"), "STATE_DIRECTORY=", "NOTIFY_SOCKET=")
 	return watch(t, cmd)
 }
 
@@ -181,7 +183,7 @@ func TestServeAsANewUser(t *testing.T) {
 	ready := p.waitLog(t, "rendezvous ready", 20*time.Second)
 	base := "http://" + ready["http"].(string)
 	stateDir := ready["state_dir"].(string)
-	if want := filepath.Join(home, ".local", "state", "rendezvous"); stateDir != want {
+	if want := filepath.Join(home, "xdg", "rendezvous"); stateDir != want {
 		t.Errorf("state dir %q, want the XDG default %q", stateDir, want)
 	}
 
@@ -249,7 +251,7 @@ func run(t *testing.T, dir string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_STATE_HOME=", "STATE_DIRECTORY=")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_STATE_HOME="+filepath.Join(dir, "xdg"), "STATE_DIRECTORY=")
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -408,4 +410,53 @@ func allocate(t *testing.T, server, user, pass string) error {
 		return err
 	}
 	return relayConn.Close()
+}
+
+// creds and token, run beside the server, sign with the secrets it uses.
+func TestCredsAndTokenUseTheServersSecrets(t *testing.T) {
+	home := t.TempDir()
+	if err := os.WriteFile(filepath.Join(home, "rendezvous.yaml"), []byte("relay:\n  relay-address: 127.0.0.1\nsignaling:\n  open: false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, home, "creds", "--user", "alice", "--ttl", "1h", "--json")
+	if err != nil {
+		t.Fatalf("creds: %v\n%s", err, out)
+	}
+	var cred struct {
+		Username, Credential string
+		ICEServers           []struct{ URLs []string } `json:"iceServers"`
+	}
+	if err := json.Unmarshal([]byte(out), &cred); err != nil || !strings.HasSuffix(cred.Username, ":alice") || len(cred.ICEServers) == 0 {
+		t.Fatalf("creds --json printed %q (%v)", out, err)
+	}
+	tok, err := run(t, home, "token", "--ttl", "5m", "--name", "alice")
+	if err != nil {
+		t.Fatalf("token: %v\n%s", err, tok)
+	}
+	tok = strings.TrimSpace(tok)
+
+	p := startServe(t, home)
+	ready := p.waitLog(t, "rendezvous ready", 20*time.Second)
+	if err := allocate(t, ready["relay"].(string), cred.Username, cred.Credential); err != nil {
+		t.Fatalf("the relay refused a credential from `rendezvous creds`: %v", err)
+	}
+	url := "http://" + ready["http"].(string)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dial := func(token, name string) error {
+		c, err := client.Dial(ctx, client.Config{URL: url, Token: token, NoReconnect: true, Register: client.Register{Name: name}})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial(tok, "alice"); err != nil {
+		t.Fatalf("a token from `rendezvous token` was refused: %v", err)
+	}
+	if err := dial("", "alice"); err == nil {
+		t.Fatal("open: false admitted a client without a token")
+	}
+	if err := dial(tok, "mallory"); err == nil {
+		t.Fatal("a token bound to the name alice admitted mallory")
+	}
 }

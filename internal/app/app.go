@@ -115,7 +115,7 @@ func New(cfg config.Config, opts Options) (*App, error) {
 	}, []string{"result"})
 	a.registry.MustRegister(buildInfo, a.reloads)
 
-	if a.relayCfg, a.signalingCfg, err = a.effective(cfg); err != nil {
+	if a.relayCfg, a.signalingCfg, err = Effective(cfg, a.state); err != nil {
 		return nil, err
 	}
 	a.setICEServers(cfg, a.relayCfg)
@@ -151,19 +151,19 @@ func New(cfg config.Config, opts Options) (*App, error) {
 	return a, nil
 }
 
-// effective fills in the secrets the config leaves empty with ones generated
+// Effective fills in the secrets the config leaves empty with ones generated
 // once and kept in the state directory, so credentials survive restarts.
-func (a *App) effective(cfg config.Config) (relay.Config, signaling.Config, error) {
+func Effective(cfg config.Config, st *state.Dir) (relay.Config, signaling.Config, error) {
 	r, s := cfg.Relay, cfg.Signaling
 	if len(r.AuthSecrets) == 0 {
-		secret, err := a.state.Secret("turn-secret")
+		secret, err := st.Secret("turn-secret")
 		if err != nil {
 			return r, s, err
 		}
 		r.AuthSecrets = []string{secret}
 	}
 	if len(s.JoinTokenSecrets) == 0 {
-		secret, err := a.state.Secret("join-token-secret")
+		secret, err := st.Secret("join-token-secret")
 		if err != nil {
 			return r, s, err
 		}
@@ -175,8 +175,16 @@ func (a *App) effective(cfg config.Config) (relay.Config, signaling.Config, erro
 // setICEServers points the ICE servers handed to peers at this relay, with
 // credentials minted from its first REST secret.
 func (a *App) setICEServers(cfg config.Config, r relay.Config) {
-	urls := r.ICEServerURLs(PublicHost(cfg))
-	f := signaling.TURNServers(urls, []byte(r.AuthSecrets[0]), cfg.Signaling.TURNCredentialTTL)
+	host := PublicHost(cfg)
+	f := func(user string) ([]client.ICEServer, error) {
+		if _, port, _ := net.SplitHostPort(r.Listen); port == "0" {
+			// Listening on a port picked at bind time (tests): advertise that one.
+			if bound := a.relay.Addr(); bound.IsValid() {
+				r.Listen = bound.String()
+			}
+		}
+		return signaling.TURNServers(r.ICEServerURLs(host), []byte(r.AuthSecrets[0]), cfg.Signaling.TURNCredentialTTL)(user)
+	}
 	a.ice.Store(&f)
 }
 
@@ -416,7 +424,7 @@ func (a *App) reload() error {
 	if len(restart) > 0 {
 		return fmt.Errorf("changes to %s need a restart (systemctl restart rendezvous)", strings.Join(restart, ", "))
 	}
-	nextRelay, nextSignaling, err := a.effective(next)
+	nextRelay, nextSignaling, err := Effective(next, a.state)
 	if err != nil {
 		return err
 	}

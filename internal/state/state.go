@@ -13,9 +13,15 @@ import (
 	"strings"
 )
 
+// SystemDir is the state directory of the system service (systemd's
+// StateDirectory=rendezvous).
+const SystemDir = "/var/lib/rendezvous"
+
 // DefaultDir is where state lives when no --state-dir is given: systemd's
 // $STATE_DIRECTORY (StateDirectory=), else $XDG_STATE_HOME/rendezvous, else
-// ~/.local/state/rendezvous, else /var/lib/rendezvous for a user without a home.
+// for root the system service's /var/lib/rendezvous (so `rendezvous creds`
+// run by an administrator signs with the daemon's secret), else
+// ~/.local/state/rendezvous.
 func DefaultDir() string {
 	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
 		d, _, _ = strings.Cut(d, ":")
@@ -24,10 +30,13 @@ func DefaultDir() string {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
 		return filepath.Join(d, "rendezvous")
 	}
+	if os.Geteuid() == 0 {
+		return SystemDir
+	}
 	if home, err := os.UserHomeDir(); err == nil && home != "" && home != "/" {
 		return filepath.Join(home, ".local", "state", "rendezvous")
 	}
-	return "/var/lib/rendezvous"
+	return SystemDir
 }
 
 // Dir is an opened state directory.

@@ -76,3 +76,16 @@ func TestDefaultDirPrefersSystemd(t *testing.T) {
 		t.Errorf("DefaultDir = %q", got)
 	}
 }
+
+func TestDefaultDirForRootIsTheServiceDir(t *testing.T) {
+	t.Setenv("STATE_DIRECTORY", "")
+	t.Setenv("XDG_STATE_HOME", "")
+	t.Setenv("HOME", "/home/someone")
+	want := "/home/someone/.local/state/rendezvous"
+	if os.Geteuid() == 0 {
+		want = SystemDir
+	}
+	if got := DefaultDir(); got != want {
+		t.Errorf("DefaultDir = %q, want %q", got, want)
+	}
+}
