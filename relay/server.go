@@ -66,6 +66,7 @@ type Server struct {
 	// portMin, portMax are the relay port range (restart-only, read by the
 	// allocator while Reload may replace cfg).
 	portMin, portMax int
+	sockBuf          int
 
 	creds   atomic.Pointer[credentials]
 	filter  atomic.Pointer[peerFilter]
@@ -117,7 +118,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("relay: registering metrics: %w", err)
 	}
 	s := &Server{cfg: cfg, opts: opts, log: log, metrics: m, ready: make(chan struct{}),
-		portMin: cfg.PortRangeMin, portMax: cfg.PortRangeMax,
+		portMin: cfg.PortRangeMin, portMax: cfg.PortRangeMax, sockBuf: cfg.SocketBuffer,
 		perUser: map[string]int{}, perIP: map[netip.Addr]int{}, relays: map[netip.AddrPort]*relayConn{}, tcpClients: map[netip.AddrPort]netip.AddrPort{},
 		clientConns: map[*turnConn]struct{}{}}
 	s.creds.Store(newCredentials(cfg))
@@ -404,6 +405,26 @@ func (s *Server) listenUDP(ctx context.Context) ([]net.PacketConn, error) {
 			"want", s.cfg.SocketBuffer, "got", rb)
 	}
 	return conns, nil
+}
+
+// relaySocketBuffer caps an allocation's socket buffers: one allocation's
+// traffic, but enough to ride out a scheduling hiccup at tens of kpps.
+const relaySocketBuffer = 1 << 20
+
+// setConnBuffers sizes an open socket's buffers, when it is a real socket.
+func setConnBuffers(c net.PacketConn, size int) {
+	sc, ok := c.(syscall.Conn)
+	if !ok || size <= 0 {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		setBuffer(int(fd), unix.SO_RCVBUF, unix.SO_RCVBUFFORCE, size)
+		setBuffer(int(fd), unix.SO_SNDBUF, unix.SO_SNDBUFFORCE, size)
+	})
 }
 
 // setBuffer sets a socket buffer, forcing past the sysctl cap when allowed.
@@ -774,6 +795,7 @@ func (g *relayAllocator) AllocatePacketConn(conf turn.AllocateListenerConfig) (n
 		s.release(conf.UserID, nil)
 		return nil, nil, err
 	}
+	setConnBuffers(conn, min(s.sockBuf, relaySocketBuffer))
 	port := addrPortOf(conn.LocalAddr()).Port()
 	rc := &relayConn{PacketConn: conn, s: s, userID: conf.UserID, public: netip.AddrPortFrom(public, port), started: time.Now()}
 	l := s.limits.Load()

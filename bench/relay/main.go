@@ -1,5 +1,6 @@
 // Command relaybench runs rendezvous' TURN relay (package relay) from flags,
-// for the A/B benchmark against coturn in bench/relay/run.sh. It does not
+// for the A/B benchmark against coturn in bench/relay/run.sh, and with
+// "probe" measures round-trip times through any TURN server. It does not
 // depend on cmd/rendezvous.
 package main
 
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -17,6 +19,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "probe" {
+		probe(os.Args[2:])
+		return
+	}
 	cfg := relay.DefaultConfig()
 	flag.StringVar(&cfg.Listen, "listen", "127.0.0.1:3478", "STUN/TURN UDP+TCP address")
 	flag.StringVar(&cfg.RelayAddress, "relay-address", "127.0.0.1", "relay IPv4 address")
@@ -29,6 +35,7 @@ func main() {
 	flag.IntVar(&cfg.MaxAllocationsPerIP, "max-allocations-per-ip", 0, "allocations per client IP (0 = unlimited)")
 	flag.Int64Var(&cfg.BandwidthLimit, "bandwidth-limit", 0, "bytes/s per allocation (0 = unlimited)")
 	debug := flag.Bool("debug", false, "debug logs")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile here")
 	flag.Parse()
 	cfg.TLSListen = ""
 	if name, pw, ok := strings.Cut(*user, ":"); ok {
@@ -50,6 +57,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
@@ -58,6 +77,7 @@ func main() {
 	}()
 	if err := srv.Run(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/pion/turn/v5"
+)
+
+// probe measures round-trip times through a TURN server while a load runs:
+// it allocates with pion's client, sends a timestamped packet every interval
+// to an echo socket of its own on 127.0.0.1, and prints loss, p50 and p99.
+func probe(args []string) {
+	fs := flag.NewFlagSet("probe", flag.ExitOnError)
+	server := fs.String("server", "127.0.0.2:3478", "TURN server")
+	user := fs.String("user", "bench", "user")
+	pass := fs.String("password", "bench", "password")
+	duration := fs.Duration("duration", 10*time.Second, "how long to probe")
+	interval := fs.Duration("interval", 10*time.Millisecond, "packet interval")
+	_ = fs.Parse(args)
+
+	die := func(err error) { fmt.Fprintln(os.Stderr, "probe:", err); os.Exit(1) }
+	echo, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		die(err)
+	}
+	defer echo.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := echo.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			_, _ = echo.WriteToUDP(buf[:n], from)
+		}
+	}()
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		die(err)
+	}
+	client, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: *server, TURNServerAddr: *server,
+		Conn: conn, Username: *user, Password: *pass, Realm: "rendezvous"})
+	if err != nil {
+		die(err)
+	}
+	if err := client.Listen(); err != nil {
+		die(err)
+	}
+	defer client.Close()
+	relayConn, err := client.Allocate()
+	if err != nil {
+		die(err)
+	}
+	defer relayConn.Close()
+
+	start := time.Now()
+	sent := 0
+	var rtts []time.Duration
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			_ = relayConn.SetReadDeadline(time.Now().Add(*duration + 3*time.Second - time.Since(start)))
+			n, _, err := relayConn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n >= 8 {
+				rtts = append(rtts, time.Duration(time.Now().UnixNano()-int64(binary.BigEndian.Uint64(buf))))
+			}
+		}
+	}()
+	payload := make([]byte, 200)
+	tick := time.NewTicker(*interval)
+	for time.Since(start) < *duration {
+		<-tick.C
+		binary.BigEndian.PutUint64(payload, uint64(time.Now().UnixNano()))
+		if _, err := relayConn.WriteTo(payload, echo.LocalAddr()); err == nil {
+			sent++
+		}
+	}
+	tick.Stop()
+	<-done
+	slices.Sort(rtts)
+	pct := func(p float64) float64 {
+		if len(rtts) == 0 {
+			return -1
+		}
+		return float64(rtts[int(p*float64(len(rtts)-1))].Microseconds()) / 1000
+	}
+	fmt.Printf("probe sent=%d received=%d p50_ms=%.2f p99_ms=%.2f\n", sent, len(rtts), pct(0.5), pct(0.99))
+}
