@@ -88,14 +88,19 @@ func testConfig(t *testing.T) (Config, []byte) {
 	return cfg, certPEM
 }
 
-func startRelay(t *testing.T, mutate func(*Config)) *testRelay {
+func startRelay(t *testing.T, mutate func(*Config), opts ...Options) *testRelay {
 	t.Helper()
 	cfg, certPEM := testConfig(t)
 	if mutate != nil {
 		mutate(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := New(cfg, Options{Registerer: reg})
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	o.Registerer = reg
+	srv, err := New(cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}
