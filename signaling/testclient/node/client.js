@@ -54,9 +54,11 @@ ws.on('message', async (raw) => {
     return;
   }
   log({ event: type, data });
-  if (type === 'signal' && room) {
-    await request('signal', { to: data.from, room_id: room.id, payload: { echo: data.payload, from: 'node' } });
-    await request('leave', { room_id: room.id });
+  if (type === 'signal') {
+    // Use the room id carried by the signal: several frames can arrive in one
+    // read, so this event may run before the join promise has resolved.
+    await request('signal', { to: data.from, room_id: data.room_id, payload: { echo: data.payload, from: 'node' } });
+    await request('leave', { room_id: data.room_id });
     log({ event: 'done' });
     ws.close(1000, 'bye');
   }
