@@ -24,10 +24,10 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +39,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/rendezvous-p2p/rendezvous/internal/benchdoc"
 	"github.com/rendezvous-p2p/rendezvous/signaling"
 	"github.com/rendezvous-p2p/rendezvous/signaling/client"
 )
@@ -59,6 +60,7 @@ func main() {
 	peers := flag.Int("peers", 19000, "drive: idle peers")
 	pprofOut := flag.String("profile", "", "drive: write a CPU profile of the server during the broadcast run to this file")
 	only := flag.String("only", "", "drive: run only idle or broadcast")
+	write := flag.Bool("write", false, "drive: replace the signaling section of docs/benchmarks.md")
 	rates := flag.String("rates", "14.3,7.15", "drive: broadcast signals/s per peer, one run each (14.3 x 9 x 1000 = 128,700 deliveries/s)")
 	flag.Parse()
 	switch *role {
@@ -71,7 +73,7 @@ func main() {
 			loadBroadcast(*url, *rooms, *ipBase, *perIP, *rate, *dur)
 		}
 	default:
-		drive(*peers, *pprofOut, *only, *rates)
+		drive(*peers, *pprofOut, *only, *rates, *write)
 	}
 }
 
@@ -576,8 +578,12 @@ func broadcastRun(rate float64, profile string) bcastResult {
 		loads = append(loads, start("-role", "load", "-mode", "broadcast", "-url", url, "-rooms", "50",
 			"-rate", fmt.Sprint(rate), "-ip-base", strconv.Itoa(20+k), "-duration", "10s"))
 	}
-	if profile != "" {
+	profDone := make(chan struct{})
+	if profile == "" {
+		close(profDone)
+	} else {
 		go func() {
+			defer close(profDone)
 			time.Sleep(4 * time.Second)
 			resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=6")
 			if err != nil {
@@ -617,13 +623,14 @@ func broadcastRun(rate float64, profile string) bcastResult {
 	}
 	res.target = rate * float64(res.peers) * 9
 	res.serverCPU = <-cpu
+	<-profDone
 	for _, l := range loads {
 		l.stop()
 	}
 	return res
 }
 
-func drive(peers int, profile, only, rates string) {
+func drive(peers int, profile, only, rates string, write bool) {
 	log.SetFlags(0)
 	var ours, bare idleResult
 	if only != "broadcast" {
@@ -633,6 +640,10 @@ func drive(peers int, profile, only, rates string) {
 		bare = idleRun("bare", peers)
 	}
 	var bc []bcastResult
+	top := ""
+	if profile == "" {
+		profile = filepath.Join(os.TempDir(), "sigbench-broadcast.pprof")
+	}
 	if only != "idle" {
 		fmt.Fprintln(os.Stderr, "broadcast: 100 rooms x 10 peers...")
 		for _, r := range strings.Split(rates, ",") {
@@ -641,23 +652,76 @@ func drive(peers int, profile, only, rates string) {
 				log.Fatal(err)
 			}
 			bc = append(bc, broadcastRun(rate, profile))
+			if top == "" {
+				top = profileTop(profile)
+			}
 			profile = ""
 		}
 	}
-	kib := func(b float64) string { return fmt.Sprintf("%.1f KiB", b/1024) }
-	fmt.Printf("| | signaling (ours) | bare coder/websocket | ratio |\n|---|---|---|---|\n")
-	fmt.Printf("| idle peers connected | %d | %d | |\n", ours.peers, bare.peers)
-	fmt.Printf("| Go heap+stack per peer | %s | %s | %.2f |\n", kib(ours.goPerPeer), kib(bare.goPerPeer), ours.goPerPeer/bare.goPerPeer)
-	fmt.Printf("| RSS per peer | %s | %s | %.2f |\n", kib(ours.rssPerPeer), kib(bare.rssPerPeer), ours.rssPerPeer/bare.rssPerPeer)
-	fmt.Printf("| goroutines per peer | %.2f | %.2f | |\n", ours.gorPerPeer, bare.gorPerPeer)
-	fmt.Printf("| new connections/s (ours: upgrade + register) | %.0f | %.0f | %.2f |\n", ours.connsPerSec, bare.connsPerSec, ours.connsPerSec/bare.connsPerSec)
-	fmt.Printf("| heartbeat RTT P50 / P99 (%d pings, 15 s interval) | %.1f / %.1f ms | — | |\n", ours.hbN, ours.hbP50, ours.hbP99)
-	fmt.Printf("| server CPU for heartbeats (idle, 30 s window) | %.1f %% of one core | — | |\n", ours.cpuPct)
-	fmt.Printf("| peers in 2 GiB at this size (RSS) | %.0f | | |\n", 2*float64(1<<30)/ours.rssPerPeer)
-	fmt.Println()
-	fmt.Printf("| broadcast, 100 rooms x 10 peers | offered deliveries/s | delivered/s | P50 | P99 | server CPU (cores) |\n|---|---|---|---|---|---|\n")
-	for _, r := range bc {
-		fmt.Printf("| %d peers | %.0f | %.0f | %.1f ms | %.1f ms | %.2f |\n", r.peers, r.target, r.perSec, r.p50, r.p99, r.serverCPU)
+	var b strings.Builder
+	pf := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	meets := func(ok bool) string {
+		if ok {
+			return "meets"
+		}
+		return "misses"
 	}
-	_ = sort.Ints
+	kib := func(v float64) string { return fmt.Sprintf("%.1f KiB", v/1024) }
+	pf("## Signaling: idle peers, new connections, room broadcast\n\n")
+	pf("Command: `ulimit -n 20000; go run ./bench/signaling -write` (from the repository root; about 3 minutes)\n\n")
+	pf("One server process (package signaling behind net/http, open mode, 15 s pings) and two load-generator processes on the same\n")
+	pf("machine, clients bound to 127.10-11.x.y / 127.20-21.x.y source addresses (200 connections each), every process capped at 20,000 open files.\n")
+	pf("The reference column is coder/websocket used as its README shows (handler goroutine blocked in Read), measured in the same run.\n")
+	pf("%s; load average at start %s.\n\n", benchdoc.Machine(), loadavg())
+	if only != "broadcast" {
+		pf("| %d idle peers | signaling | bare coder/websocket | ratio | goal |\n|---|---|---|---|---|\n", ours.peers)
+		pf("| Go heap+stack per peer | %s | %s | %.2f | ≤ 16 KiB: %s |\n", kib(ours.goPerPeer), kib(bare.goPerPeer), ours.goPerPeer/bare.goPerPeer, meets(ours.goPerPeer <= 16<<10))
+		pf("| RSS per peer | %s | %s | %.2f | |\n", kib(ours.rssPerPeer), kib(bare.rssPerPeer), ours.rssPerPeer/bare.rssPerPeer)
+		pf("| goroutines per peer | %.2f | %.2f | | |\n", ours.gorPerPeer, bare.gorPerPeer)
+		pf("| new connections/s (signaling: upgrade + register + reply) | %.0f | %.0f | %.2f | ≥ 5,000: %s |\n", ours.connsPerSec, bare.connsPerSec, ours.connsPerSec/bare.connsPerSec, meets(ours.connsPerSec >= 5000))
+		pf("| heartbeat RTT P50 / P99 (%d pings) | %.1f / %.1f ms | — | | P99 < 28 ms: %s |\n", ours.hbN, ours.hbP50, ours.hbP99, meets(ours.hbP99 < 28))
+		pf("| server CPU while idle (heartbeats only, 30 s) | %.1f %% of a core | — | | |\n", ours.cpuPct)
+		pf("| peers in 2 GiB at this RSS per peer | %.0f | %.0f | | ≥ 100,000: %s |\n\n", 2*float64(1<<30)/ours.rssPerPeer, 2*float64(1<<30)/bare.rssPerPeer, meets(2*float64(1<<30)/ours.rssPerPeer >= 100000))
+	}
+	if only != "idle" {
+		pf("Room broadcast: 100 rooms x 10 peers (two load processes x 50 rooms), every peer sends `signal` to its room at a fixed rate;\n")
+		pf("latency from the sender's timestamp to each receiver's read (same clock), 10 s after a 2 s warm-up.\n\n")
+		pf("| offered deliveries/s | delivered/s | P50 | P99 | server CPU (cores) | goal ≥ 128,400/s, P99 < 41 ms |\n|---|---|---|---|---|---|\n")
+		for _, r := range bc {
+			pf("| %.0f | %.0f | %.1f ms | %.1f ms | %.2f | %s |\n", r.target, r.perSec, r.p50, r.p99, r.serverCPU, meets(r.perSec >= 128400 && r.p99 < 41))
+		}
+		if top != "" {
+			pf("\nServer CPU profile during the first broadcast run (`go tool pprof -top -cum`, first lines):\n\n```\n%s```\n", top)
+		}
+	}
+	fmt.Print(b.String())
+	if write {
+		if err := benchdoc.Update("signaling-load", b.String()); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// profileTop summarises a CPU profile with the go tool, if available.
+func profileTop(path string) string {
+	self, _ := os.Executable()
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=18", self, path).Output()
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(string(out), "\n")
+	for i, l := range lines {
+		if strings.Contains(l, "flat%") {
+			return strings.Join(lines[i:min(len(lines), i+19)], "\n") + "\n"
+		}
+	}
+	return ""
 }
