@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v4"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/stunserver"
@@ -29,12 +31,69 @@ func isErrorResponse(b []byte) bool { return b[0]&0x01 != 0 && b[1]&0x10 != 0 }
 // (first byte 0x40..0x7F) passes through after one comparison.
 type turnPacketConn struct {
 	net.PacketConn
-	s *Server
+	s     *Server
+	batch *batchReader // nil: read one datagram per system call
+}
+
+func newTurnPacketConn(c net.PacketConn, s *Server) *turnPacketConn {
+	tc := &turnPacketConn{PacketConn: c, s: s}
+	if uc, ok := c.(*net.UDPConn); ok {
+		tc.batch = newBatchReader(uc)
+	}
+	return tc
+}
+
+// batchReader reads up to batchSize datagrams per recvmmsg(2) and hands them
+// out one at a time: under load the kernel queue holds several, and one
+// system call instead of several is most of the cost of a relayed packet.
+// Only pion's read loop for this socket calls it, so it needs no lock.
+type batchReader struct {
+	pc      *ipv4.PacketConn // recvmmsg is family-agnostic; this also reads IPv6 sockets
+	msgs    []ipv4.Message
+	n, next int
+}
+
+const batchSize = 16
+
+func newBatchReader(c *net.UDPConn) *batchReader {
+	br := &batchReader{pc: ipv4.NewPacketConn(c), msgs: make([]ipv4.Message, batchSize)}
+	for i := range br.msgs {
+		br.msgs[i].Buffers = [][]byte{make([]byte, inboundMTU)}
+	}
+	return br
+}
+
+// inboundMTU matches pion's read buffer: a datagram this long or longer is truncated.
+const inboundMTU = 1600
+
+func (br *batchReader) readFrom(b []byte) (int, net.Addr, error) {
+	for {
+		if br.next >= br.n {
+			n, err := br.pc.ReadBatch(br.msgs, 0)
+			if err != nil {
+				return 0, nil, err
+			}
+			br.n, br.next = n, 0
+		}
+		m := &br.msgs[br.next]
+		br.next++
+		if m.N >= inboundMTU || m.Flags&unix.MSG_TRUNC != 0 {
+			continue
+		}
+		return copy(b, m.Buffers[0][:m.N]), m.Addr, nil
+	}
 }
 
 func (c *turnPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	for {
-		n, addr, err := c.PacketConn.ReadFrom(b)
+		var n int
+		var addr net.Addr
+		var err error
+		if c.batch != nil {
+			n, addr, err = c.batch.readFrom(b)
+		} else {
+			n, addr, err = c.PacketConn.ReadFrom(b)
+		}
 		if err != nil || !isSTUN(b[:n]) {
 			return n, addr, err
 		}

@@ -296,7 +296,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	for _, c := range udpConns {
 		sc.PacketConnConfigs = append(sc.PacketConnConfigs, turn.PacketConnConfig{
-			PacketConn: &turnPacketConn{PacketConn: c, s: s}, RelayAddressGenerator: gen, PermissionHandler: s.permit})
+			PacketConn: newTurnPacketConn(c, s), RelayAddressGenerator: gen, PermissionHandler: s.permit})
 	}
 	for _, l := range listeners {
 		sc.ListenerConfigs = append(sc.ListenerConfigs, turn.ListenerConfig{
