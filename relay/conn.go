@@ -146,6 +146,9 @@ var reasonPhrases = map[stun.ErrorCode]string{
 // Responses carrying MESSAGE-INTEGRITY are left alone: changing them would
 // need the key.
 func withReasonPhrase(b []byte) ([]byte, bool) {
+	if !isSTUN(b) {
+		return nil, false
+	}
 	m := &stun.Message{Raw: append([]byte(nil), b...)}
 	if m.Decode() != nil || m.Contains(stun.AttrMessageIntegrity) || m.Contains(stun.AttrFingerprint) {
 		return nil, false

@@ -430,3 +430,31 @@ func TestReloadNeedsRestart(t *testing.T) {
 		t.Fatalf("Reload with a bad allow-peers: %v", err)
 	}
 }
+
+// RFC 6156: IPv6 allocations relay both ways (two IPv6 allocations of this
+// server, the only IPv6 peers a loopback test has).
+func TestIPv6RelayToRelay(t *testing.T) {
+	r := startRelay(t, nil)
+	a, b := dialRaw(t, r, "udp"), dialRaw(t, r, "tcp")
+	ra := mustAllocate(t, a, "alice", "alice-pw", familyAttr(true))
+	rb := mustAllocate(t, b, "bob", "bob-pw", familyAttr(true))
+	if !ra.Addr().Is6() || !rb.Addr().Is6() {
+		t.Fatalf("relayed addresses %v, %v: want IPv6", ra, rb)
+	}
+	for _, p := range []struct {
+		c    *rawClient
+		peer netip.AddrPort
+	}{{a, rb}, {b, ra}} {
+		if code, reason := errorCode(t, p.c.do(stun.MethodCreatePermission, peerAttr(p.peer))); code != 0 {
+			t.Fatalf("CreatePermission %v: %d %s", p.peer, code, reason)
+		}
+	}
+	a.sendIndication(rb, []byte("v6 a to b"))
+	if got, from := b.recvData(); string(got) != "v6 a to b" || from != ra {
+		t.Fatalf("b got %q from %v", got, from)
+	}
+	b.sendIndication(ra, []byte("v6 b to a"))
+	if got, from := a.recvData(); string(got) != "v6 b to a" || from != rb {
+		t.Fatalf("a got %q from %v", got, from)
+	}
+}
