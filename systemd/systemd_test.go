@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +31,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/config"
+	"github.com/rendezvous-p2p/rendezvous/internal/sdnotifytest"
+	"github.com/rendezvous-p2p/rendezvous/punch/natcheck"
 )
 
 var (
@@ -79,30 +82,34 @@ func needTools(t *testing.T) {
 		if len(missing) == 0 {
 			return
 		}
-		if _, err := exec.LookPath("apt-get"); err != nil || os.Geteuid() != 0 {
-			toolsErr = fmt.Errorf("%v missing, and not root with apt-get to install Debian's systemd package", missing)
-			return
-		}
-		install := func() ([]byte, error) {
-			cmd := exec.Command("apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd", "dpkg")
-			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-			return cmd.CombinedOutput()
-		}
-		if out, err := install(); err != nil {
-			if out2, err2 := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err2 != nil {
-				toolsErr = fmt.Errorf("apt-get update: %v: %s", err2, out2)
-				return
-			}
-			if out, err = install(); err != nil {
-				toolsErr = fmt.Errorf("apt-get install systemd: %v: %s", err, out)
-				return
-			}
-			_ = out
-		}
+		toolsErr = aptInstall("systemd", "dpkg")
 	})
 	if toolsErr != nil {
 		skip(t, "package tests need %v: %v", want, toolsErr)
 	}
+}
+
+// aptInstall installs Debian packages (root with apt-get only), running
+// apt-get update when the first try fails.
+func aptInstall(pkgs ...string) error {
+	if _, err := exec.LookPath("apt-get"); err != nil || os.Geteuid() != 0 {
+		return fmt.Errorf("not root with apt-get to install %v", pkgs)
+	}
+	install := func() ([]byte, error) {
+		cmd := exec.Command("apt-get", append([]string{"install", "-y", "-qq", "--no-install-recommends"}, pkgs...)...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		return cmd.CombinedOutput()
+	}
+	if _, err := install(); err == nil {
+		return nil
+	}
+	if out, err := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err != nil {
+		return fmt.Errorf("apt-get update: %v: %s", err, out)
+	}
+	if out, err := install(); err != nil {
+		return fmt.Errorf("apt-get install %v: %v: %s", pkgs, err, out)
+	}
+	return nil
 }
 
 var (
@@ -621,6 +628,185 @@ func declared(source, name string) bool {
 	rest := strings.TrimPrefix(name, "rendezvous_")
 	sub, short, ok := strings.Cut(rest, "_")
 	return ok && strings.Contains(source, `"`+sub+`"`) && strings.Contains(source, `Name: "`+short+`"`)
+}
+
+// syscallGroups expands systemd's syscall groups (`systemd-analyze syscall-filter`).
+func syscallGroups(t *testing.T) map[string][]string {
+	t.Helper()
+	out, err := exec.Command("systemd-analyze", "syscall-filter", "--no-pager").Output()
+	if err != nil {
+		t.Fatalf("systemd-analyze syscall-filter: %v", err)
+	}
+	groups := map[string][]string{}
+	cur := ""
+	for _, line := range strings.Split(string(out), "\n") {
+		s := strings.TrimSpace(line)
+		switch {
+		case s == "" || strings.HasPrefix(s, "#"):
+		case strings.HasPrefix(line, "@"):
+			cur = s
+		case cur != "":
+			groups[cur] = append(groups[cur], s)
+		}
+	}
+	return groups
+}
+
+func expandSyscalls(groups map[string][]string, names []string) map[string]bool {
+	out := map[string]bool{}
+	for _, n := range names {
+		if strings.HasPrefix(n, "@") {
+			for m := range expandSyscalls(groups, groups[n]) {
+				out[m] = true
+			}
+		} else {
+			out[n] = true
+		}
+	}
+	return out
+}
+
+// The unit's SystemCallFilter= and RestrictAddressFamilies= are enforced by
+// systemd, which this machine may not run as PID 1; so the packaged binary is
+// traced (strace) through what the service does — READY and watchdog
+// notifications, /metrics, a STUN exchange, a SIGHUP reload, a SIGTERM drain —
+// and every system call and socket family it uses must be inside the unit's
+// sandbox: one outside would be EPERM (SystemCallErrorNumber=EPERM) in production.
+func TestPackagedBinaryStaysInsideTheUnitSandbox(t *testing.T) {
+	r := installedRoot(t)
+	if _, err := exec.LookPath("strace"); err != nil {
+		if err := aptInstall("strace"); err != nil {
+			skip(t, "strace is not installed and could not be: %v", err)
+		}
+	}
+	d := unitDirectives(t, filepath.Join(r, "usr/lib/systemd/system/rendezvous.service"))
+	groups := syscallGroups(t)
+	allowed := map[string]bool{}
+	for _, f := range d["SystemCallFilter"] {
+		if deny, ok := strings.CutPrefix(f, "~"); ok {
+			for sc := range expandSyscalls(groups, strings.Fields(deny)) {
+				delete(allowed, sc)
+			}
+		} else {
+			for sc := range expandSyscalls(groups, strings.Fields(f)) {
+				allowed[sc] = true
+			}
+		}
+	}
+	if len(allowed) < 100 {
+		t.Fatalf("SystemCallFilter= expands to only %d system calls: parsing went wrong", len(allowed))
+	}
+	families := map[string]bool{}
+	for _, f := range strings.Fields(strings.Join(d["RestrictAddressFamilies"], " ")) {
+		families[f] = true
+	}
+
+	dir := t.TempDir()
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0") // a free port for the relay, released before start
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayAddr := udp.LocalAddr().String()
+	udp.Close()
+	cfg := filepath.Join(dir, "rendezvous.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("relay:\n  listen: %q\n  relay-address: 127.0.0.1\n", relayAddr)), 0o600)
+	notify := sdnotifytest.New(t)
+	trace := filepath.Join(dir, "trace")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "strace", "-f", "-qq", "-o", trace,
+		filepath.Join(r, "usr/bin/rendezvous"), "serve", "--config", cfg, "--state-dir", filepath.Join(dir, "state"),
+		"--http-listen", "127.0.0.1:0", "--log-format", "json")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.Path, "WATCHDOG_USEC=400000", "WATCHDOG_PID=")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var line struct{ Msg, HTTP string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "rendezvous ready" {
+				addr <- line.HTTP
+			}
+		}
+	}()
+	notify.Expect(t, "READY=1", 30*time.Second)
+	notify.Expect(t, "WATCHDOG=1", 5*time.Second)
+	base := "http://" + <-addr
+	for _, path := range []string{"/readyz", "/metrics"} {
+		resp, err := http.Get(base + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", path, err, resp)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	ncCtx, ncCancel := context.WithTimeout(ctx, 20*time.Second)
+	report, err := natcheck.Check(ncCtx, natcheck.Options{Server: relayAddr, Timeout: time.Second})
+	ncCancel()
+	if err != nil || !report.UDP {
+		t.Fatalf("natcheck against the traced server: %v %+v", err, report)
+	}
+	// The strace parent relays signals to nobody: signal the traced process itself.
+	child := tracedChild(t, cmd.Process.Pid)
+	child.Signal(syscall.SIGHUP)
+	notify.Expect(t, "RELOADING=1", 10*time.Second)
+	notify.Expect(t, "READY=1", 10*time.Second)
+	child.Signal(syscall.SIGTERM)
+	notify.Expect(t, "STOPPING=1", 10*time.Second)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("strace/rendezvous exit: %v", err)
+	}
+
+	data, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	callRE := regexp.MustCompile(`(?m)^\d+\s+([a-z0-9_]+)\(`)
+	famRE := regexp.MustCompile(`socket\((AF_[A-Z0-9]+)`)
+	used := map[string]bool{}
+	for _, m := range callRE.FindAllStringSubmatch(string(data), -1) {
+		used[m[1]] = true
+	}
+	if len(used) < 20 {
+		t.Fatalf("only %d distinct system calls traced: the trace is not of the server", len(used))
+	}
+	var outside []string
+	for sc := range used {
+		if !allowed[sc] {
+			outside = append(outside, sc)
+		}
+	}
+	if len(outside) > 0 {
+		t.Errorf("system calls outside SystemCallFilter= (EPERM under systemd): %v", outside)
+	}
+	for _, m := range famRE.FindAllStringSubmatch(string(data), -1) {
+		if !families[m[1]] {
+			t.Errorf("socket family %s outside RestrictAddressFamilies=%v", m[1], d["RestrictAddressFamilies"])
+		}
+	}
+	t.Logf("%d distinct system calls, all inside the unit's filter", len(used))
+}
+
+// tracedChild is the process strace started.
+func tracedChild(t *testing.T, stracePID int) *os.Process {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", stracePID, stracePID))
+	if err != nil {
+		t.Fatalf("finding the traced process: %v", err)
+	}
+	f := strings.Fields(string(data))
+	if len(f) != 1 {
+		t.Fatalf("strace has children %q, want one", f)
+	}
+	pid, _ := strconv.Atoi(f[0])
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // Runs last (tests run in file order): the other tests use the installed root.
