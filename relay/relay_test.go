@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -457,4 +458,31 @@ func TestIPv6RelayToRelay(t *testing.T) {
 	if got, from := a.recvData(); string(got) != "v6 b to a" || from != rb {
 		t.Fatalf("a got %q from %v", got, from)
 	}
+}
+
+// Reload re-reads the certificate files, so a renewed certificate is served
+// without a restart.
+func TestReloadRenewsCertificate(t *testing.T) {
+	r := startRelay(t, nil)
+	cfg := r.srv.cfg
+	newCert, newKey, newPEM := writeCert(t)
+	for dst, src := range map[string]string{cfg.CertFile: newCert, cfg.KeyFile: newKey} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(newPEM)
+	c, err := tls.Dial("tcp", r.tlsAddr.String(), &tls.Config{RootCAs: pool, ServerName: relayIP})
+	if err != nil {
+		t.Fatalf("TLS with the renewed certificate: %v", err)
+	}
+	c.Close()
 }

@@ -69,6 +69,7 @@ type Server struct {
 	sockBuf          int
 
 	creds   atomic.Pointer[credentials]
+	cert    atomic.Pointer[tls.Certificate]
 	filter  atomic.Pointer[peerFilter]
 	limits  atomic.Pointer[limits]
 	own     atomic.Pointer[ownAddrs]
@@ -182,6 +183,17 @@ func (s *Server) Reload(cfg Config) error {
 	if err != nil {
 		return err
 	}
+	var cert *tls.Certificate
+	if cfg.TLSEnabled() && s.cert.Load() != nil {
+		c, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return fmt.Errorf("cert-file: %w", err)
+		}
+		cert = &c
+	}
+	if cert != nil {
+		s.cert.Store(cert)
+	}
 	s.creds.Store(newCredentials(cfg))
 	s.filter.Store(f)
 	l := limitsOf(cfg)
@@ -249,6 +261,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		if err != nil {
 			return fmt.Errorf("cert-file: %w", err)
 		}
+		s.cert.Store(&cert)
 		tlsLn, err := network.Listen(ctx, "tcp", s.cfg.TLSListen)
 		if err != nil {
 			return netx.BindError("tcp", s.cfg.TLSListen, "another TURN server", err)
@@ -258,7 +271,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		s.tlsAddr = addrPortOf(tlsLn.Addr())
 		s.mu.Unlock()
 		listeners = append(listeners, &turnListener{s: s,
-			Listener: tls.NewListener(tlsLn, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})})
+			Listener: tls.NewListener(tlsLn, &tls.Config{MinVersion: tls.VersionTLS12,
+				// Reload re-reads the files, so a renewed certificate needs no restart.
+				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cert.Load(), nil }})})
 	}
 
 	// STUN Binding in front of pion, sharing the primary UDP socket.
