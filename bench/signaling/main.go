@@ -61,7 +61,7 @@ func main() {
 	pprofOut := flag.String("profile", "", "drive: write a CPU profile of the server during the broadcast run to this file")
 	only := flag.String("only", "", "drive: run only idle or broadcast")
 	write := flag.Bool("write", false, "drive: replace the signaling section of docs/benchmarks.md")
-	rates := flag.String("rates", "14.3,7.15", "drive: broadcast signals/s per peer, one run each (14.3 x 9 x 1000 = 128,700 deliveries/s)")
+	rates := flag.String("rates", "14.3,7.15,1.43", "drive: broadcast signals/s per peer, one run each (14.3 x 9 x 1000 = 128,700 deliveries/s)")
 	flag.Parse()
 	switch *role {
 	case "server":
