@@ -139,6 +139,28 @@ func (s *Server) observeRequest(raw []byte, from netip.AddrPort) {
 	}
 }
 
+// lastKeys remembers the key each client address last authenticated with, so
+// an error response pion signed can be re-signed after it is corrected.
+type lastKeys struct {
+	mu sync.Mutex
+	m  map[netip.AddrPort][]byte
+}
+
+func (l *lastKeys) put(from netip.AddrPort, key []byte) {
+	l.mu.Lock()
+	if l.m == nil || len(l.m) >= maxKeyChoices {
+		l.m = make(map[netip.AddrPort][]byte) // a rewrite missed after the reset only costs a 401 instead of a 403
+	}
+	l.m[from] = key
+	l.mu.Unlock()
+}
+
+func (l *lastKeys) get(from netip.AddrPort) []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.m[from]
+}
+
 // failLimiter counts failed authentications per client IP.
 type failLimiter struct {
 	mu        sync.Mutex

@@ -111,7 +111,7 @@ func (c *turnPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 
 func (c *turnPacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if isSTUN(b) && isErrorResponse(b) {
-		if r, ok := withReasonPhrase(b); ok {
+		if r, ok := c.s.rewriteError(b, addr); ok {
 			if _, err := c.PacketConn.WriteTo(r, addr); err != nil {
 				return 0, err
 			}
@@ -170,6 +170,39 @@ func withReasonPhrase(b []byte) ([]byte, bool) {
 			continue
 		}
 		out.Add(a.Type, a.Value)
+	}
+	return out.Raw, true
+}
+
+// rewriteError fixes pion's error responses on their way out: reason phrases
+// where there are none, and a ChannelBind refused by the peer filter, which
+// pion answers 401 (telling the client its credentials are wrong), becomes
+// 403 Forbidden like CreatePermission and Connect — re-signed with the key
+// the request was authenticated with.
+func (s *Server) rewriteError(b []byte, to net.Addr) ([]byte, bool) {
+	if binary.BigEndian.Uint16(b[0:2]) == stun.NewType(stun.MethodChannelBind, stun.ClassErrorResponse).Value() {
+		if key := s.lastKey.get(addrPortOf(to)); key != nil {
+			if r, ok := channelBindForbidden(b, key); ok {
+				return r, true
+			}
+		}
+	}
+	return withReasonPhrase(b)
+}
+
+func channelBindForbidden(b, key []byte) ([]byte, bool) {
+	m := &stun.Message{Raw: append([]byte(nil), b...)}
+	if m.Decode() != nil || stun.MessageIntegrity(key).Check(m) != nil {
+		return nil, false
+	}
+	var ec stun.ErrorCodeAttribute
+	if ec.GetFrom(m) != nil || ec.Code != stun.CodeUnauthorized {
+		return nil, false
+	}
+	out, err := stun.Build(&stun.Message{TransactionID: m.TransactionID}, m.Type,
+		stun.ErrorCodeAttribute{Code: stun.CodeForbidden, Reason: []byte("Forbidden")}, stun.MessageIntegrity(key))
+	if err != nil {
+		return nil, false
 	}
 	return out.Raw, true
 }
@@ -259,7 +292,7 @@ func (c *turnConn) observe(b []byte) {
 
 func (c *turnConn) Write(b []byte) (int, error) {
 	if isSTUN(b) && isErrorResponse(b) {
-		if r, ok := withReasonPhrase(b); ok {
+		if r, ok := c.s.rewriteError(b, c.RemoteAddr()); ok {
 			if _, err := c.Conn.Write(r); err != nil {
 				return 0, err
 			}

@@ -96,8 +96,11 @@ func TestPeerFilterThroughTURN(t *testing.T) {
 				t.Errorf("%s CreatePermission %s: code %d, want 403", transport, s, code)
 			}
 			refused++
-			if code, _ := errorCode(t, c.do(stun.MethodChannelBind, channelAttr(0x4000+uint16(i)), peerAttr(peer))); code == 0 {
-				t.Errorf("%s ChannelBind %s: accepted", transport, s)
+			cb := c.do(stun.MethodChannelBind, channelAttr(0x4000+uint16(i)), peerAttr(peer))
+			if code, _ := errorCode(t, cb); code != stun.CodeForbidden {
+				t.Errorf("%s ChannelBind %s: code %d, want 403", transport, s, code)
+			} else if err := stun.MessageIntegrity(c.key).Check(cb); err != nil {
+				t.Errorf("%s ChannelBind %s: 403 not signed with the client's key: %v", transport, s, err)
 			}
 			refused++
 			if tcpClients != nil {

@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/pion/logging"
+	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -74,6 +75,7 @@ type Server struct {
 	limits  atomic.Pointer[limits]
 	own     atomic.Pointer[ownAddrs]
 	keys    keyChoice
+	lastKey lastKeys
 	fails   failLimiter
 	ports   portSet // live UDP relay ports
 	tcpPort portSet // live TCP relay ports
@@ -586,6 +588,9 @@ func (s *Server) authHandler(ra *turn.RequestAttributes) (string, []byte, bool) 
 			key = k
 		}
 	}
+	if ra.Method == stun.MethodChannelBind {
+		s.lastKey.put(from, key)
+	}
 	return userID, key, true
 }
 
@@ -850,11 +855,15 @@ func (g *relayAllocator) AllocateListener(conf turn.AllocateListenerConfig) (net
 	if err := s.reserve(conf.UserID); err != nil {
 		return nil, nil, err
 	}
-	// The relay address also dials out (Connect), so it needs SO_REUSEPORT.
-	lc := net.ListenConfig{Control: reuseControl}
+	// The relay address also dials out (Connect), so it needs SO_REUSEPORT;
+	// a test's own Network (a namespace) gets a plain listener.
+	listen := netx.Network(netx.Host{Config: net.ListenConfig{Control: reuseControl}})
+	if _, isHost := s.opts.Network.(netx.Host); s.opts.Network != nil && !isHost {
+		listen = s.opts.Network
+	}
 	var ln net.Listener
 	err = g.pickPorts(conf.RequestedPort, func(port int) error {
-		l, err := lc.Listen(context.Background(), conf.Network, netip.AddrPortFrom(bind, uint16(port)).String())
+		l, err := listen.Listen(context.Background(), conf.Network, netip.AddrPortFrom(bind, uint16(port)).String())
 		if err == nil {
 			ln = l
 		}
