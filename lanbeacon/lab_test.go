@@ -66,6 +66,7 @@ func listenIn(t *testing.T, h *natlab.Host, cfg Config, opts Options) *labListen
 	select {
 	case <-l.Ready():
 	case err := <-done:
+		done <- err // for the cleanup
 		t.Fatalf("listener in %v: %v", h, err)
 	}
 	return &labListener{Listener: l, events: events, readyAt: time.Now()}

@@ -104,6 +104,7 @@ func startListener(t *testing.T, cfg Config, opts Options) *testListener {
 	select {
 	case <-l.Ready():
 	case err := <-done:
+		done <- err // for the cleanup
 		t.Fatalf("listener: %v", err)
 	}
 	return &testListener{Listener: l, addr: <-nw.listen, net: nw, events: events}
