@@ -33,7 +33,7 @@ func main() {
 	flag.IntVar(&cfg.SocketBuffer, "socket-buffer", 8<<20, "UDP socket buffer bytes")
 	flag.IntVar(&cfg.UserQuota, "user-quota", 0, "allocations per user (0 = unlimited)")
 	flag.IntVar(&cfg.MaxAllocationsPerIP, "max-allocations-per-ip", 0, "allocations per client IP (0 = unlimited)")
-	flag.Int64Var(&cfg.BandwidthLimit, "bandwidth-limit", 0, "bytes/s per allocation (0 = unlimited)")
+	flag.Int64Var(&cfg.BandwidthLimit, "bandwidth-limit", cfg.BandwidthLimit, "bytes/s per allocation (0 = unlimited)")
 	debug := flag.Bool("debug", false, "debug logs")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile here")
 	flag.Parse()
