@@ -128,6 +128,9 @@ type Options struct {
 	Network Network
 	// Instance is the announcer's id; zero picks a random one (the normal case).
 	Instance InstanceID
+	// App, when set, makes a listener keep only beacons of this app (a game
+	// that should not list other games); others are counted in OtherApp.
+	App string
 	// Ignore lists instance ids a listener skips: the process's own
 	// announcers, whose broadcasts loop back.
 	Ignore []InstanceID

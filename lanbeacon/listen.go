@@ -3,6 +3,7 @@ package lanbeacon
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -38,6 +39,15 @@ type Peer struct {
 	// Expires is when the peer leaves the table unless heard again: three
 	// of its intervals after LastSeen.
 	Expires time.Time `json:"expires"`
+}
+
+// MarshalJSON writes the interval as a duration string ("2s").
+func (p Peer) MarshalJSON() ([]byte, error) {
+	type plain Peer
+	return json.Marshal(struct {
+		plain
+		Interval string `json:"interval"`
+	}{plain(p), p.Interval.String()})
 }
 
 // Addr is the most recently heard source address (the one to connect to).
@@ -98,6 +108,7 @@ type ListenerStats struct {
 	Accepted    uint64 `json:"accepted"`     // announcements taken into the table
 	Goodbyes    uint64 `json:"goodbyes"`     // goodbyes taken
 	Own         uint64 `json:"own"`          // from an ignored (own) instance
+	OtherApp    uint64 `json:"other_app"`    // for another app than Options.App
 	Oversized   uint64 `json:"oversized"`    // larger than MaxPacketSize
 	Malformed   uint64 `json:"malformed"`    // not a beacon or not well-formed
 	RateLimited uint64 `json:"rate_limited"` // over the per-source limit
@@ -132,7 +143,7 @@ type Listener struct {
 	wake    chan struct{} // the earliest expiry may have moved
 
 	received, accepted, goodbyes, own, oversized, malformed, rateLimited,
-	unsigned, forged, stale, replayed, tableFull, expired, eventsDropped atomic.Uint64
+	otherApp, unsigned, forged, stale, replayed, tableFull, expired, eventsDropped atomic.Uint64
 }
 
 type sourceLimit struct {
@@ -216,7 +227,7 @@ func (l *Listener) Subscribe(buffer int) (events <-chan Event, cancel func()) {
 func (l *Listener) Stats() ListenerStats {
 	return ListenerStats{
 		Received: l.received.Load(), Accepted: l.accepted.Load(), Goodbyes: l.goodbyes.Load(),
-		Own: l.own.Load(), Oversized: l.oversized.Load(), Malformed: l.malformed.Load(),
+		Own: l.own.Load(), OtherApp: l.otherApp.Load(), Oversized: l.oversized.Load(), Malformed: l.malformed.Load(),
 		RateLimited: l.rateLimited.Load(), Unsigned: l.unsigned.Load(), Forged: l.forged.Load(),
 		Stale: l.stale.Load(), Replayed: l.replayed.Load(), TableFull: l.tableFull.Load(),
 		Expired: l.expired.Load(), EventsDropped: l.eventsDropped.Load(),
@@ -411,6 +422,10 @@ func (l *Listener) handle(b []byte, from net.Addr, ifindex int, now time.Time) {
 	}
 	if l.ignore[p.Instance] {
 		l.own.Add(1)
+		return
+	}
+	if l.opts.App != "" && p.App != l.opts.App {
+		l.otherApp.Add(1)
 		return
 	}
 	authenticated := false
