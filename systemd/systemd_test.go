@@ -809,6 +809,22 @@ func tracedChild(t *testing.T, stracePID int) *os.Process {
 	return p
 }
 
+// LimitNOFILE must hold the default peer target: a WebSocket per peer up to
+// signaling.max-peers, plus one socket per relay port.
+func TestLimitNOFILECoversThePeerTarget(t *testing.T) {
+	d := unitDirectives(t, "rendezvous.service")
+	limit, err := strconv.Atoi(d["LimitNOFILE"][0])
+	if err != nil {
+		t.Fatalf("LimitNOFILE=%v: %v", d["LimitNOFILE"], err)
+	}
+	def := config.Default()
+	need := def.Signaling.MaxPeers + def.Relay.PortRangeMax - def.Relay.PortRangeMin + 1
+	if limit < need {
+		t.Errorf("LimitNOFILE=%d < %d (max-peers %d + relay ports %d-%d)", limit, need,
+			def.Signaling.MaxPeers, def.Relay.PortRangeMin, def.Relay.PortRangeMax)
+	}
+}
+
 // Runs last (tests run in file order): the other tests use the installed root.
 func TestDebPurgeRemovesFilesAndState(t *testing.T) {
 	r := installedRoot(t)
