@@ -28,17 +28,24 @@ type AgentConfig struct {
 	// HostAddrs, when not nil, replaces the interface scan: exactly these
 	// addresses are offered as host candidates (an empty, non-nil slice offers none).
 	HostAddrs []netip.Addr
-	Logger    *slog.Logger
+	// NoRelay skips TURN: only direct paths are tried.
+	NoRelay bool
+	// Relay says how to reach the TURN servers signaling names (sockets,
+	// dialer, the CA pool that verifies a turns: server).
+	Relay  RelayOptions
+	Logger *slog.Logger
 }
 
 // AgentEvent is something that happened, for display (connect --json).
 type AgentEvent struct {
-	Event    string    `json:"event"` // registered, reflexive, room, peer_joined, peer_left, connecting, connected, failed, warning
+	Event    string    `json:"event"` // registered, reflexive, relay, room, peer_joined, peer_left, connecting, connected, path, failed, warning
 	PeerID   string    `json:"peer_id,omitempty"`
 	PeerName string    `json:"peer_name,omitempty"`
 	Room     string    `json:"room,omitempty"`
 	Code     string    `json:"code,omitempty"`
 	Path     *Path     `json:"path,omitempty"`
+	From     *Path     `json:"from,omitempty"`   // path: the path left
+	Reason   string    `json:"reason,omitempty"` // path: why it switched
 	Addr     string    `json:"addr,omitempty"`
 	Error    string    `json:"error,omitempty"`
 	TookMS   float64   `json:"took_ms,omitempty"`
@@ -111,6 +118,20 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 			a.emit(AgentEvent{Event: "warning", Error: fmt.Sprintf("STUN to %s: %v; offering host candidates only", stunAddr, err)})
 		} else {
 			a.emit(AgentEvent{Event: "reflexive", Addr: srflx.String()})
+		}
+	}
+	if relays := RelayServers(reg.ICEServers); !cfg.NoRelay && len(relays) > 0 {
+		rcands, err := ep.AllocateRelays(ctx, relays, cfg.Relay)
+		if err != nil {
+			a.emit(AgentEvent{Event: "warning", Error: "no relay: " + err.Error()})
+		} else {
+			for _, c := range rcands {
+				a.emit(AgentEvent{Event: "relay", Addr: c.Addr.String()})
+				cands = append(cands, client.Candidate{Type: string(Relayed), Addr: c.Addr.String(), Proto: "udp"})
+			}
+			if err := sig.UpdatePeer(ctx, client.UpdatePeer{Candidates: cands}); err != nil {
+				a.emit(AgentEvent{Event: "warning", Error: "offering relayed candidates: " + err.Error()})
+			}
 		}
 	}
 	a.wg.Add(1)
@@ -273,6 +294,11 @@ func (a *Agent) punch(p client.Punch) {
 	} else {
 		path := s.Path()
 		who.Event, who.Path = "connected", &path
+		if path.Kind != Direct {
+			result.Outcome = "relayed"
+		}
+		a.wg.Add(1)
+		go a.forwardPathEvents(s, p.Peer.ID, p.Peer.Name)
 	}
 	who.TookMS = result.DurationMS
 	rctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
@@ -286,6 +312,22 @@ func (a *Agent) punch(p client.Punch) {
 		case a.sessions <- PeerSession{Session: s, PeerID: p.Peer.ID, PeerName: p.Peer.Name}:
 		case <-a.ctx.Done():
 			s.Close()
+		}
+	}
+}
+
+// forwardPathEvents turns a session's path switches into "path" events.
+func (a *Agent) forwardPathEvents(s *Session, id, name string) {
+	defer a.wg.Done()
+	for {
+		select {
+		case ev := <-s.PathEvents():
+			path := ev.Path
+			a.emit(AgentEvent{Event: "path", PeerID: id, PeerName: name, Path: &path, From: ev.From, Reason: ev.Reason})
+		case <-s.Done():
+			return
+		case <-a.ctx.Done():
+			return
 		}
 	}
 }

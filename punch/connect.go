@@ -36,65 +36,94 @@ type Peer struct {
 	Start time.Time
 }
 
-// Path describes the path a session runs over.
+// Path describes the path a session sends on. For a relayed path, Local is
+// our relayed address and Remote the peer's.
 type Path struct {
-	Kind   string         `json:"kind"` // "direct"
+	Kind   PathKind       `json:"kind"`
 	Local  netip.AddrPort `json:"local"`
 	Remote netip.AddrPort `json:"remote"`
 	RTT    time.Duration  `json:"rtt"`
 }
 
 // ErrNoPath is returned when no candidate answered within the punch window.
-var ErrNoPath = errors.New("punch: no direct path answered within the punch window")
+var ErrNoPath = errors.New("punch: no path (direct or relayed) answered within the punch window")
 
 type pendingPing struct {
-	to   netip.AddrPort
+	to   route
 	sent time.Time
 }
 
 type win struct {
-	remote netip.AddrPort
-	rtt    time.Duration
+	route route
+	rtt   time.Duration
 }
 
-// attempt is one Connect in progress (and, after it, the session's probe
-// responder: pings keep being answered while the session lives).
+// attempt is one Connect in progress and, after it, the session's path
+// state: pings keep being answered and sent on every path while the session
+// lives, and the ladder picks the path for our sends.
 type attempt struct {
+	e      *Endpoint
 	peer   Peer
 	dialer bool
+	vaddr  netip.AddrPort // what quic-go sees as the peer's address
 
-	mu      sync.Mutex
-	targets []netip.AddrPort
-	pending map[[12]byte]pendingPing
-	learned chan netip.AddrPort // new addresses to ping at once
+	mu         sync.Mutex
+	targets    []route
+	pending    map[[12]byte]pendingPing
+	learned    chan route // new routes to ping at once
+	paths      map[route]*pathState
+	active     *pathState
+	lastIn     route // where the newest QUIC packet came from
+	hasLastIn  bool
+	live       bool // a session runs: the ladder switches paths
+	pathEvents chan PathEvent
 
-	won      chan win // first verified path; buffered 1
+	won      chan win // verified paths, first first
 	incoming chan *quic.Conn
 }
 
 func (e *Endpoint) register(peer Peer) (*attempt, error) {
 	a := &attempt{
-		peer:     peer,
-		dialer:   e.id.PublicKey().Less(peer.Key),
-		pending:  map[[12]byte]pendingPing{},
-		learned:  make(chan netip.AddrPort, 16),
-		won:      make(chan win, 1),
-		incoming: make(chan *quic.Conn, 1),
-	}
-	seen := map[netip.AddrPort]bool{}
-	for _, c := range orderCandidates(peer.Candidates) {
-		if c.Kind == Relayed || seen[c.Addr] || !c.Addr.IsValid() {
-			continue
-		}
-		seen[c.Addr] = true
-		a.targets = append(a.targets, c.Addr)
+		e:          e,
+		peer:       peer,
+		dialer:     e.id.PublicKey().Less(peer.Key),
+		vaddr:      newVirtualAddr(),
+		pending:    map[[12]byte]pendingPing{},
+		learned:    make(chan route, 16),
+		paths:      map[route]*pathState{},
+		pathEvents: make(chan PathEvent, 32),
+		won:        make(chan win, 8),
+		incoming:   make(chan *quic.Conn, 1),
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	seen := map[route]bool{}
+	ordered := orderCandidates(peer.Candidates)
+	for _, c := range ordered {
+		r := route{addr: c.Addr}
+		if c.Kind == Relayed || seen[r] || !c.Addr.IsValid() {
+			continue
+		}
+		seen[r] = true
+		a.targets = append(a.targets, r)
+	}
+	// Relayed paths: from each of our allocations to each relayed address of
+	// the peer (relay to relay always works through our relay's filter).
+	for _, al := range e.allocs {
+		for _, c := range ordered {
+			r := route{via: al, addr: c.Addr}
+			if c.Kind != Relayed || seen[r] || c.Addr.Addr().Is4() != al.relayed.Addr().Is4() {
+				continue
+			}
+			seen[r] = true
+			a.targets = append(a.targets, r)
+		}
+	}
 	if _, busy := e.attempts[peer.Session]; busy {
 		return nil, fmt.Errorf("punch: session %x is already connecting", peer.Session)
 	}
 	e.attempts[peer.Session] = a
+	e.byVirtual[a.vaddr] = a
 	return a, nil
 }
 
@@ -103,11 +132,24 @@ func (e *Endpoint) unregister(a *attempt) {
 	if e.attempts[a.peer.Session] == a {
 		delete(e.attempts, a.peer.Session)
 	}
+	delete(e.byVirtual, a.vaddr)
+	for r, x := range e.routes {
+		if x == a {
+			delete(e.routes, r)
+		}
+	}
 	e.mu.Unlock()
 }
 
+func (e *Endpoint) attemptByVirtual(ap netip.AddrPort) *attempt {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.byVirtual[ap]
+}
+
 // orderCandidates puts host candidates first (a LAN path is best), then
-// reflexive ones, IPv6 before IPv4 within a kind, keeping signaling's order otherwise.
+// reflexive ones, then relayed, IPv6 before IPv4 within a kind, keeping
+// signaling's order otherwise.
 func orderCandidates(cs []Candidate) []Candidate {
 	rank := func(c Candidate) int {
 		r := 0
@@ -132,18 +174,32 @@ func orderCandidates(cs []Candidate) []Candidate {
 	return out
 }
 
-func (e *Endpoint) sendPing(a *attempt, to netip.AddrPort) {
+func (e *Endpoint) sendPing(a *attempt, to route) {
 	txid := randomTxID()
 	now := time.Now()
 	a.mu.Lock()
 	a.pending[txid] = pendingPing{to: to, sent: now}
+	ps := a.paths[to]
+	if ps == nil {
+		ps = &pathState{route: to}
+		a.paths[to] = ps
+	}
+	ps.recordPing(txid, now, e.cfg.Ladder.LossWindow)
+	// Forget pings nobody will answer any more.
+	if len(a.pending) > 256 {
+		for id, pp := range a.pending {
+			if now.Sub(pp.sent) > 10*time.Second {
+				delete(a.pending, id)
+			}
+		}
+	}
 	a.mu.Unlock()
 	p := probe{typ: probePing, session: a.peer.Session, sender: e.id.PublicKey(), txid: txid, sentUnix: now.UnixNano()}
-	e.send(p.marshal(make([]byte, 0, probeMaxLen), e.id.private), to)
+	e.sendRoute(p.marshal(make([]byte, 0, probeMaxLen), e.id.private), to)
 	e.count(func(s *Stats) { s.ProbesSent++ })
 }
 
-func (e *Endpoint) handleProbe(b []byte, src netip.AddrPort) {
+func (e *Endpoint) handleProbe(b []byte, src route) {
 	p, err := parseProbe(b)
 	if err != nil {
 		if errors.Is(err, errBadSignature) {
@@ -155,6 +211,11 @@ func (e *Endpoint) handleProbe(b []byte, src netip.AddrPort) {
 	}
 	e.mu.Lock()
 	a := e.attempts[p.session]
+	if a != nil && keyEqual(a.peer.Key, p.sender) {
+		// A signed probe proves this path leads to the peer: QUIC packets
+		// arriving on it belong to the session.
+		e.routes[src] = a
+	}
 	e.mu.Unlock()
 	if a == nil || !keyEqual(a.peer.Key, p.sender) {
 		e.count(func(s *Stats) { s.DroppedUnknownPeer++ })
@@ -162,15 +223,20 @@ func (e *Endpoint) handleProbe(b []byte, src netip.AddrPort) {
 	}
 	switch p.typ {
 	case probePing:
-		pong := probe{typ: probePong, session: p.session, sender: e.id.PublicKey(), txid: p.txid, sentUnix: p.sentUnix, observed: src}
-		e.send(pong.marshal(make([]byte, 0, probeMaxLen), e.id.private), src)
+		pong := probe{typ: probePong, session: p.session, sender: e.id.PublicKey(), txid: p.txid, sentUnix: p.sentUnix, observed: src.addr}
+		e.sendRoute(pong.marshal(make([]byte, 0, probeMaxLen), e.id.private), src)
 		e.count(func(s *Stats) { s.PingsAnswered++ })
 		a.learn(src)
 	case probePong:
+		now := time.Now()
 		a.mu.Lock()
 		pp, ok := a.pending[p.txid]
 		if ok && pp.to == src {
 			delete(a.pending, p.txid)
+			if ps := a.paths[src]; ps != nil {
+				ps.recordPong(p.txid, pp.sent, now)
+			}
+			a.evaluateLocked(e, now)
 		}
 		a.mu.Unlock()
 		if !ok || pp.to != src {
@@ -178,15 +244,15 @@ func (e *Endpoint) handleProbe(b []byte, src netip.AddrPort) {
 			return
 		}
 		select {
-		case a.won <- win{remote: src, rtt: time.Since(pp.sent)}:
-		default: // a path already won
+		case a.won <- win{route: src, rtt: now.Sub(pp.sent)}:
+		default:
 		}
 	}
 }
 
 // learn adds a source that sent an authenticated ping, so it gets pinged
 // (and, once it answers, can win) — peer-address learning.
-func (a *attempt) learn(src netip.AddrPort) {
+func (a *attempt) learn(src route) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, t := range a.targets {
@@ -201,14 +267,53 @@ func (a *attempt) learn(src netip.AddrPort) {
 	}
 }
 
-func (a *attempt) snapshotTargets() []netip.AddrPort {
+func (a *attempt) snapshotTargets() []route {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([]netip.AddrPort(nil), a.targets...)
+	return append([]route(nil), a.targets...)
 }
 
-// Connect punches a direct path to peer and opens a QUIC session over it.
-// It returns ErrNoPath (wrapped) when no candidate answered in the window.
+func (a *attempt) noteInbound(r route) {
+	a.mu.Lock()
+	a.lastIn, a.hasLastIn = r, true
+	a.mu.Unlock()
+}
+
+// sendQUIC sends a packet of the session over the active path (before the
+// ladder chose one: back where the peer's last packet came from).
+func (a *attempt) sendQUIC(b []byte) {
+	a.mu.Lock()
+	var r route
+	switch {
+	case a.active != nil:
+		r = a.active.route
+	case a.hasLastIn:
+		r = a.lastIn
+	default:
+		a.mu.Unlock()
+		return
+	}
+	a.mu.Unlock()
+	a.e.sendRoute(b, r)
+}
+
+// activePath is the path our sends take.
+func (a *attempt) activePath() (Path, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.active == nil {
+		return Path{}, false
+	}
+	return a.e.pathOf(a.active), true
+}
+
+// Connect reaches peer over the best path that answers and opens a QUIC
+// session over it. Direct candidates and, when the endpoint has TURN
+// allocations (AllocateRelays), relayed paths are probed at once; a direct
+// path is preferred, but once a relayed path answered Connect waits only
+// Ladder.RelayGrace for a direct one: traffic starts on the relay and the
+// session moves to direct when it answers. It returns ErrNoPath (wrapped)
+// when nothing answered in the window.
 func (e *Endpoint) Connect(ctx context.Context, peer Peer) (*Session, error) {
 	a, err := e.register(peer)
 	if err != nil {
@@ -237,8 +342,10 @@ func (e *Endpoint) connect(ctx context.Context, a *attempt) (*Session, error) {
 	defer cancel()
 
 	var (
-		w  win
-		qc *quic.Conn
+		w        win
+		relayWin *win
+		grace    <-chan time.Time
+		qc       *quic.Conn
 	)
 	gap := e.cfg.FirstRetry
 	next := time.NewTimer(0)
@@ -255,11 +362,28 @@ punching:
 		case src := <-a.learned:
 			e.sendPing(a, src)
 		case w = <-a.won:
+			if w.route.kind() == Direct {
+				break punching
+			}
+			if relayWin == nil {
+				relayWin = &w
+				if e.cfg.Ladder.RelayGrace <= 0 {
+					break punching
+				}
+				t := time.NewTimer(e.cfg.Ladder.RelayGrace)
+				defer t.Stop()
+				grace = t.C
+			}
+		case <-grace:
+			w = *relayWin
 			break punching
 		case qc = <-a.incoming: // the peer won first and dialed us
-			w.remote = addrPort(qc.RemoteAddr())
 			break punching
 		case <-punchCtx.Done():
+			if relayWin != nil {
+				w = *relayWin
+				break punching
+			}
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -267,6 +391,11 @@ punching:
 		case <-e.ctx.Done():
 			return nil, net.ErrClosed
 		}
+	}
+	if qc == nil {
+		a.mu.Lock()
+		a.active = a.paths[w.route]
+		a.mu.Unlock()
 	}
 
 	if qc == nil {
@@ -280,22 +409,40 @@ punching:
 				}
 				return nil
 			})
-			qc, err = e.tr.Dial(hctx, net.UDPAddrFromAddrPort(w.remote), tlsConf, e.quicConfig())
+			qc, err = e.tr.Dial(hctx, net.UDPAddrFromAddrPort(a.vaddr), tlsConf, e.quicConfig())
 			if err != nil {
-				return nil, fmt.Errorf("punch: QUIC handshake with %s: %w", w.remote, err)
+				return nil, fmt.Errorf("punch: QUIC handshake with %s: %w", w.route.addr, err)
 			}
 		} else {
 			// Keep answering pings (the read loop does) until the dialer's handshake lands.
 			select {
 			case qc = <-a.incoming:
 			case <-hctx.Done():
-				return nil, fmt.Errorf("punch: path %s found but the peer did not open the session: %w", w.remote, hctx.Err())
+				return nil, fmt.Errorf("punch: path %s found but the peer did not open the session: %w", w.route.addr, hctx.Err())
 			}
 		}
 	}
-	path := Path{Kind: "direct", Local: e.LocalAddr(), Remote: addrPort(qc.RemoteAddr()), RTT: w.rtt}
-	e.log.Debug("direct session up", "peer", a.peer.Key.String(), "remote", path.Remote.String(), "after", time.Since(started))
-	return newSession(e, a, qc, path), nil
+	a.mu.Lock()
+	a.live = true
+	if a.active == nil {
+		a.evaluateLocked(e, time.Now())
+	}
+	if a.active == nil && a.hasLastIn {
+		a.active = a.paths[a.lastIn]
+		if a.active == nil {
+			a.active = &pathState{route: a.lastIn}
+			a.paths[a.lastIn] = a.active
+		}
+	}
+	a.mu.Unlock()
+	// Drain the initial "first path" event: Connect's result reports it.
+	for len(a.pathEvents) > 0 {
+		<-a.pathEvents
+	}
+	s := newSession(e, a, qc)
+	path := s.Path()
+	e.log.Debug("session up", "peer", a.peer.Key.String(), "kind", string(path.Kind), "remote", path.Remote.String(), "after", time.Since(started))
+	return s, nil
 }
 
 // acceptIncoming approves a QUIC client's key during the handshake: only a

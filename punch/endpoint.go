@@ -1,11 +1,13 @@
 // Package punch is the peer side of rendezvous: it punches a direct UDP path
 // to another peer through NATs and runs an encrypted QUIC session over it.
 //
-// One UDP socket carries everything: STUN to learn the server-reflexive
-// address, signed punch probes, and the QUIC session. quic-go owns the socket
-// (quic.Transport) and hands us every packet whose first byte is below 0x40
-// (ReadNonQUICPacket), which is where STUN (0x00/0x01) and our probes (0x1D)
-// live.
+// One UDP socket carries STUN to learn the server-reflexive address, signed
+// punch probes, and the QUIC session; TURN allocations (each on a socket of
+// its own) carry relayed paths. The endpoint reads every socket itself: a
+// packet whose first byte is below 0x40 is ours (STUN 0x00/0x01, probes
+// 0x1D), anything else is QUIC and goes to quic-go through a virtual
+// PacketConn that shows each session's paths as one stable address
+// (vconn.go), so a session survives path switches (ladder.go).
 //
 // Punching follows the schedule the signaling server sent: at the same instant
 // both peers send signed pings to every candidate of the other, host
@@ -48,6 +50,8 @@ type Config struct {
 	KeepAlive time.Duration
 	// IdleTimeout closes a session that hears nothing for this long.
 	IdleTimeout time.Duration
+	// Ladder tunes path liveness and switching between direct and relayed paths.
+	Ladder LadderConfig
 }
 
 // DefaultConfig punches for 3 s.
@@ -59,6 +63,7 @@ func DefaultConfig() Config {
 		HandshakeTimeout: 5 * time.Second,
 		KeepAlive:        5 * time.Second,
 		IdleTimeout:      30 * time.Second,
+		Ladder:           DefaultLadder(),
 	}
 }
 
@@ -73,6 +78,12 @@ func (c Config) Validate() error {
 		return errors.New("handshake-timeout must be positive")
 	case c.KeepAlive <= 0 || c.IdleTimeout <= c.KeepAlive:
 		return errors.New("keep-alive must be positive and below idle-timeout")
+	case c.Ladder.PingEvery <= 0 || c.Ladder.StaleAfter <= c.Ladder.PingEvery:
+		return errors.New("ladder: ping-every must be positive and below stale-after")
+	case c.Ladder.MaxLoss <= 0 || c.Ladder.MaxLoss >= 1 || c.Ladder.LossWindow < 2:
+		return errors.New("ladder: max-loss must be in (0,1) and loss-window at least 2")
+	case c.Ladder.StepUpAfter < 0 || c.Ladder.RelayGrace < 0:
+		return errors.New("ladder: step-up-after and relay-grace must not be negative")
 	}
 	return nil
 }
@@ -82,17 +93,21 @@ type Endpoint struct {
 	cfg  Config
 	id   *Identity
 	log  *slog.Logger
-	conn net.PacketConn
-	tr   *quic.Transport
+	conn  net.PacketConn
+	vconn *virtualConn
+	tr    *quic.Transport
 	ln   *quic.Listener
 	ctx  context.Context
 	stop context.CancelFunc
 	done sync.WaitGroup
 
 	mu       sync.Mutex
-	attempts map[[8]byte]*attempt      // by session id
-	stunWait map[[12]byte]chan stunAns // by STUN transaction id
-	stats    Stats
+	attempts  map[[8]byte]*attempt      // by session id
+	routes    map[route]*attempt        // paths proven by a signed probe, to their session
+	byVirtual map[netip.AddrPort]*attempt
+	allocs    []*allocation
+	stunWait  map[[12]byte]chan stunAns // by STUN transaction id
+	stats     Stats
 }
 
 // Stats counts what the endpoint dropped, for tests and diagnostics.
@@ -120,11 +135,13 @@ func NewEndpoint(conn net.PacketConn, id *Identity, cfg Config, log *slog.Logger
 	ctx, stop := context.WithCancel(context.Background())
 	e := &Endpoint{
 		cfg: cfg, id: id, log: log, conn: conn, ctx: ctx, stop: stop,
-		tr:       &quic.Transport{Conn: conn},
-		attempts: map[[8]byte]*attempt{},
-		stunWait: map[[12]byte]chan stunAns{},
+		attempts:  map[[8]byte]*attempt{},
+		routes:    map[route]*attempt{},
+		byVirtual: map[netip.AddrPort]*attempt{},
+		stunWait:  map[[12]byte]chan stunAns{},
 	}
-	// Read non-QUIC packets before anything is sent: quic-go queues only 32.
+	e.vconn = newVirtualConn(e)
+	e.tr = &quic.Transport{Conn: e.vconn}
 	e.done.Add(1)
 	go e.readLoop()
 	ln, err := e.tr.Listen(id.tlsConfig(e.acceptIncoming), e.quicConfig())
@@ -144,6 +161,9 @@ func (e *Endpoint) quicConfig() *quic.Config {
 		KeepAlivePeriod:      e.cfg.KeepAlive,
 		MaxIdleTimeout:       e.cfg.IdleTimeout,
 		HandshakeIdleTimeout: e.cfg.HandshakeTimeout,
+		// Paths change under the session (a relay adds its header): stay at
+		// the 1280-byte packets every path carries.
+		DisablePathMTUDiscovery: true,
 	}
 }
 
@@ -167,7 +187,15 @@ func (e *Endpoint) Close() error {
 		e.ln.Close()
 	}
 	err := e.tr.Close()
+	e.vconn.Close()
 	e.conn.Close()
+	e.mu.Lock()
+	allocs := e.allocs
+	e.allocs = nil
+	e.mu.Unlock()
+	for _, a := range allocs {
+		a.close()
+	}
 	e.done.Wait()
 	return err
 }
@@ -185,20 +213,37 @@ func (e *Endpoint) readLoop() {
 	defer e.done.Done()
 	buf := make([]byte, 2048)
 	for {
-		n, from, err := e.tr.ReadNonQUICPacket(e.ctx, buf)
+		n, from, err := e.conn.ReadFrom(buf)
 		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() && e.ctx.Err() == nil {
+				continue
+			}
 			return
 		}
-		src := addrPort(from)
-		b := buf[:n]
-		switch {
-		case isProbe(b):
-			e.handleProbe(b, src)
-		case stun.IsMessage(b):
-			e.handleSTUN(b)
-		default:
-			e.count(func(s *Stats) { s.DroppedMalformed++ })
+		e.handlePacket(buf[:n], route{addr: addrPort(from)})
+	}
+}
+
+// handlePacket demultiplexes one packet that arrived on r.
+func (e *Endpoint) handlePacket(b []byte, r route) {
+	switch {
+	case len(b) == 0:
+	case b[0] >= 0x40: // QUIC
+		e.mu.Lock()
+		a := e.routes[r]
+		e.mu.Unlock()
+		if a != nil {
+			a.noteInbound(r)
+			e.vconn.deliver(b, net.UDPAddrFromAddrPort(a.vaddr))
+		} else if r.via == nil {
+			e.vconn.deliver(b, net.UDPAddrFromAddrPort(r.addr))
 		}
+	case isProbe(b):
+		e.handleProbe(b, r)
+	case r.via == nil && stun.IsMessage(b):
+		e.handleSTUN(b)
+	default:
+		e.count(func(s *Stats) { s.DroppedMalformed++ })
 	}
 }
 
@@ -208,9 +253,18 @@ func (e *Endpoint) count(f func(*Stats)) {
 	e.mu.Unlock()
 }
 
-func (e *Endpoint) send(b []byte, to netip.AddrPort) {
-	if _, err := e.tr.WriteTo(b, net.UDPAddrFromAddrPort(to)); err != nil {
-		e.log.Debug("send failed", "to", to.String(), "err", err)
+func (e *Endpoint) send(b []byte, to netip.AddrPort) { e.sendRoute(b, route{addr: to}) }
+
+// sendRoute sends b over r: our UDP socket or a TURN allocation.
+func (e *Endpoint) sendRoute(b []byte, r route) {
+	var err error
+	if r.via == nil {
+		_, err = e.conn.WriteTo(b, net.UDPAddrFromAddrPort(r.addr))
+	} else {
+		_, err = r.via.conn.WriteTo(b, net.UDPAddrFromAddrPort(r.addr))
+	}
+	if err != nil {
+		e.log.Debug("send failed", "to", r.addr.String(), "kind", string(r.kind()), "err", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package punch
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 )
@@ -13,25 +14,68 @@ type Session struct {
 	e    *Endpoint
 	a    *attempt
 	qc   *quic.Conn
-	path Path
 	once sync.Once
 }
 
-func newSession(e *Endpoint, a *attempt, qc *quic.Conn, path Path) *Session {
-	s := &Session{e: e, a: a, qc: qc, path: path}
+func newSession(e *Endpoint, a *attempt, qc *quic.Conn) *Session {
+	s := &Session{e: e, a: a, qc: qc}
 	go func() {
 		<-qc.Context().Done()
 		s.release()
 	}()
+	go s.keepPaths()
 	return s
 }
+
+// keepPaths pings every path of the session while it lives: each PingEvery
+// the paths that answered before, each fourth round every candidate too (so
+// a direct path that opens late, or comes back, is found), and runs the
+// ladder.
+func (s *Session) keepPaths() {
+	e, a := s.e, s.a
+	t := time.NewTicker(e.cfg.Ladder.PingEvery)
+	defer t.Stop()
+	for round := 1; ; round++ {
+		select {
+		case <-s.qc.Context().Done():
+			return
+		case <-e.ctx.Done():
+			return
+		case r := <-a.learned:
+			e.sendPing(a, r)
+		case <-t.C:
+			a.mu.Lock()
+			var routes []route
+			if round%4 == 0 {
+				routes = append(routes, a.targets...)
+			} else {
+				for r, p := range a.paths {
+					if p.verified {
+						routes = append(routes, r)
+					}
+				}
+			}
+			a.mu.Unlock()
+			for _, r := range routes {
+				e.sendPing(a, r)
+			}
+			a.mu.Lock()
+			a.evaluateLocked(e, time.Now())
+			a.mu.Unlock()
+		}
+	}
+}
+
+// PathEvents reports every switch of the path our sends take, with its
+// reason. Events are dropped when nobody reads (the buffer holds 32).
+func (s *Session) PathEvents() <-chan PathEvent { return s.a.pathEvents }
 
 // PeerKey is the authenticated key of the other side.
 func (s *Session) PeerKey() PublicKey { return s.a.peer.Key }
 
 // Path is the path in use, with the session's current smoothed RTT.
 func (s *Session) Path() Path {
-	p := s.path
+	p, _ := s.a.activePath()
 	if rtt := s.qc.ConnectionStats().SmoothedRTT; rtt > 0 {
 		p.RTT = rtt
 	}
