@@ -90,20 +90,20 @@ func (c Config) Validate() error {
 
 // Endpoint is one peer's UDP socket with everything that runs over it.
 type Endpoint struct {
-	cfg  Config
-	id   *Identity
-	log  *slog.Logger
+	cfg   Config
+	id    *Identity
+	log   *slog.Logger
 	conn  net.PacketConn
 	vconn *virtualConn
 	tr    *quic.Transport
-	ln   *quic.Listener
-	ctx  context.Context
-	stop context.CancelFunc
-	done sync.WaitGroup
+	ln    *quic.Listener
+	ctx   context.Context
+	stop  context.CancelFunc
+	done  sync.WaitGroup
 
-	mu       sync.Mutex
-	attempts  map[[8]byte]*attempt      // by session id
-	routes    map[route]*attempt        // paths proven by a signed probe, to their session
+	mu        sync.Mutex
+	attempts  map[[8]byte]*attempt // by session id
+	routes    map[route]*attempt   // paths proven by a signed probe, to their session
 	byVirtual map[netip.AddrPort]*attempt
 	allocs    []*allocation
 	stunWait  map[[12]byte]chan stunAns // by STUN transaction id
