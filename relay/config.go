@@ -192,7 +192,7 @@ func (c Config) Validate() error {
 			add("auth-secrets", "secret %d is empty", i)
 		}
 	}
-	if _, err := newPeerFilter(c.AllowPeers, c.DenyPeers, nil); err != nil {
+	if _, err := newPeerFilter(c.AllowPeers, c.DenyPeers, nil, nil); err != nil {
 		errs = append(errs, err)
 	}
 	for key, v := range map[string]int{"user-quota": c.UserQuota, "total-quota": c.TotalQuota,

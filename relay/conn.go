@@ -429,9 +429,11 @@ func (p *portSet) live(is4 bool, port uint16) bool {
 	return w.Load()&(uint64(1)<<(port%64)) != 0
 }
 
-// ownAddrs are the server's own IPs and the bind↔public mapping for 1:1 NAT.
+// ownAddrs are the relay's IPs (relay sockets live there; ips), the host's
+// other IPs (refused by the filter), and the bind↔public mapping for 1:1 NAT.
 type ownAddrs struct {
 	ips            []netip.Addr
+	hostIPs        []netip.Addr
 	bind4, public4 netip.Addr
 	bind6, public6 netip.Addr
 }

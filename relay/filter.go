@@ -3,6 +3,7 @@ package relay
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // The peer filter decides which peer addresses a client may reach through the
@@ -14,8 +15,9 @@ import (
 // Order: deny-peers, then allow-peers, then the built-in deny list. IPv4-mapped
 // IPv6 is unmapped first; NAT64 (64:ff9b::/96), 6to4 (2002::/16) and Teredo
 // (2001::/32) addresses are judged by the IPv4 address they embed as well.
-// The server's own addresses pass here (TURN permissions carry no port) and are
-// limited to live relay ports where data is sent (see relayConn).
+// The relay's own relay addresses pass here (TURN permissions carry no port)
+// and are limited to live relay ports where data is sent (see relayConn); the
+// host's other addresses (listen IP, interfaces) are refused outright.
 
 // deniedPrefixes is the built-in deny list, with the refusal reason each maps to.
 var deniedPrefixes = []struct {
@@ -51,11 +53,12 @@ var (
 // peerFilter is immutable; Reload swaps in a new one.
 type peerFilter struct {
 	allow, deny []netip.Prefix
-	own         []netip.Addr // the server's own addresses: pass here, port-checked on send
+	relayIPs    []netip.Addr // where relay sockets live: pass here, port-checked on send
+	hostIPs     []netip.Addr // the host's other addresses: refused
 }
 
-func newPeerFilter(allow, deny []string, own []netip.Addr) (*peerFilter, error) {
-	f := &peerFilter{own: own}
+func newPeerFilter(allow, deny []string, relayIPs, hostIPs []netip.Addr) (*peerFilter, error) {
+	f := &peerFilter{relayIPs: relayIPs, hostIPs: hostIPs}
 	for _, s := range allow {
 		p, err := parsePrefix(s)
 		if err != nil {
@@ -103,14 +106,19 @@ func (f *peerFilter) check(peer netip.Addr) string {
 			return "deny-peers"
 		}
 	}
+	for _, o := range f.relayIPs {
+		if o == peer {
+			return "" // relay to relay; the port is checked when data is sent
+		}
+	}
+	for _, o := range f.hostIPs {
+		if o == peer {
+			return "own-address"
+		}
+	}
 	for _, p := range f.allow {
 		if p.Contains(peer) {
 			return ""
-		}
-	}
-	for _, o := range f.own {
-		if o == peer {
-			return "" // relay to relay; the port is checked when data is sent
 		}
 	}
 	for _, d := range deniedPrefixes {
@@ -119,6 +127,11 @@ func (f *peerFilter) check(peer netip.Addr) string {
 		}
 	}
 	if v4, ok := embeddedIPv4(peer); ok {
+		// The relay-to-relay exemption is for the relay's own addresses as
+		// such; through a translator they would reach any port.
+		if slices.Contains(f.relayIPs, v4) {
+			return "embedded-own-address"
+		}
 		if r := f.check(v4); r != "" {
 			return "embedded-" + r
 		}

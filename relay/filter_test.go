@@ -26,7 +26,7 @@ var deniedPeers = []string{
 }
 
 func TestPeerFilterTable(t *testing.T) {
-	f, err := newPeerFilter(nil, nil, []netip.Addr{netip.MustParseAddr("203.0.113.1")})
+	f, err := newPeerFilter(nil, nil, []netip.Addr{netip.MustParseAddr("203.0.113.1")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestPeerFilterTable(t *testing.T) {
 		}
 	}
 
-	f, err = newPeerFilter([]string{"10.0.0.0/8", "::ffff:192.168.7.0/120"}, []string{"10.9.0.0/16", "8.8.8.8"}, nil)
+	f, err = newPeerFilter([]string{"10.0.0.0/8", "::ffff:192.168.7.0/120"}, []string{"10.9.0.0/16", "8.8.8.8"}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +54,24 @@ func TestPeerFilterTable(t *testing.T) {
 			t.Errorf("with allow/deny lists, %s allowed = %v, want %v", s, got, want)
 		}
 	}
+	// The host's own addresses: the relay's pass (port-checked on send), the
+	// others are refused even when allow-listed, and no translator reaches either.
+	f, err = newPeerFilter([]string{"198.51.100.0/24"}, nil, []netip.Addr{netip.MustParseAddr("203.0.113.1")},
+		[]netip.Addr{netip.MustParseAddr("198.51.100.7")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s, want := range map[string]bool{
+		"203.0.113.1": true, "::ffff:203.0.113.1": true, "198.51.100.8": true,
+		"198.51.100.7": false, "::ffff:198.51.100.7": false, "64:ff9b::cb00:7101": false, "2002:cb00:7101::1": false,
+		"64:ff9b::c633:6407": false,
+	} {
+		if got := f.check(netip.MustParseAddr(s)) == ""; got != want {
+			t.Errorf("with own addresses, %s allowed = %v, want %v", s, got, want)
+		}
+	}
 	for _, bad := range []string{"10.0.0.0/33", "nonsense", "::ffff:10.0.0.0/90"} {
-		if _, err := newPeerFilter([]string{bad}, nil, nil); err == nil {
+		if _, err := newPeerFilter([]string{bad}, nil, nil, nil); err == nil {
 			t.Errorf("allow-peers %q accepted", bad)
 		}
 	}
@@ -155,5 +171,28 @@ func TestAllowPeersOpensASubnet(t *testing.T) {
 			t.Fatal(err)
 		}
 		pc.Close()
+	}
+}
+
+// The host's own addresses other than the relay's are refused even inside an
+// allow-listed subnet (here: the TURN listen IP, with relay sockets elsewhere).
+func TestHostAddressRefused(t *testing.T) {
+	r := startRelay(t, func(c *Config) {
+		c.RelayAddress = "127.0.0.4"
+		c.AllowPeers = []string{"127.0.0.0/8"}
+	})
+	c := dialRaw(t, r, "udp")
+	relayed := mustAllocate(t, c, "alice", "alice-pw")
+	if relayed.Addr().String() != "127.0.0.4" {
+		t.Fatalf("relayed address %v, want on 127.0.0.4", relayed)
+	}
+	if code, _ := errorCode(t, c.do(stun.MethodCreatePermission, peerAttr(r.addr))); code != stun.CodeForbidden {
+		t.Fatalf("CreatePermission to the TURN listen address %v: code %d, want 403", r.addr, code)
+	}
+	if code, _ := errorCode(t, c.do(stun.MethodCreatePermission, peerAttr(netip.MustParseAddrPort("127.0.0.1:9")))); code != 0 {
+		t.Fatalf("CreatePermission to allow-listed 127.0.0.1: code %d", code)
+	}
+	if got := r.metric(t, "rendezvous_relay_peers_refused_total", map[string]string{"reason": "own-address"}); got != 1 {
+		t.Fatalf("peers_refused{own-address} = %v, want 1", got)
 	}
 }

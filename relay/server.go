@@ -31,6 +31,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -125,7 +126,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		perUser: map[string]int{}, perIP: map[netip.Addr]int{}, relays: map[netip.AddrPort]*relayConn{}, tcpClients: map[netip.AddrPort]netip.AddrPort{},
 		clientConns: map[*turnConn]struct{}{}}
 	s.creds.Store(newCredentials(cfg))
-	f, err := newPeerFilter(cfg.AllowPeers, cfg.DenyPeers, nil)
+	f, err := newPeerFilter(cfg.AllowPeers, cfg.DenyPeers, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +182,8 @@ func (s *Server) Reload(cfg Config) error {
 			return fmt.Errorf("%s: changed from %q to %q, which needs a restart", k.key, k.a, k.b)
 		}
 	}
-	f, err := newPeerFilter(cfg.AllowPeers, cfg.DenyPeers, s.filter.Load().own)
+	cur := s.filter.Load()
+	f, err := newPeerFilter(cfg.AllowPeers, cfg.DenyPeers, cur.relayIPs, cur.hostIPs)
 	if err != nil {
 		return err
 	}
@@ -229,7 +231,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		return err
 	}
 	s.own.Store(own)
-	f, _ := newPeerFilter(s.cfg.AllowPeers, s.cfg.DenyPeers, own.ips)
+	f, _ := newPeerFilter(s.cfg.AllowPeers, s.cfg.DenyPeers, own.ips, own.hostIPs)
 	s.filter.Store(f)
 
 	var closers []func()
@@ -530,14 +532,18 @@ func (s *Server) resolveAddrs() (*ownAddrs, error) {
 	if !o.bind4.IsValid() && !o.bind6.IsValid() {
 		return nil, errors.New("relay-address: no global unicast address on this host; set relay-address")
 	}
-	for _, a := range []netip.Addr{o.bind4, o.public4, o.bind6, o.public6, listenIP} {
+	for _, a := range []netip.Addr{o.bind4, o.public4, o.bind6, o.public6} {
 		if a.IsValid() && !a.IsUnspecified() {
 			o.ips = appendUnique(o.ips, a)
 		}
 	}
+	hostIPs := []netip.Addr{listenIP}
 	if listenIP.IsUnspecified() || !listenIP.IsValid() {
-		for _, a := range ifaceIPs {
-			o.ips = appendUnique(o.ips, a)
+		hostIPs = ifaceIPs
+	}
+	for _, a := range hostIPs {
+		if a.IsValid() && !a.IsUnspecified() && !slices.Contains(o.ips, a) {
+			o.hostIPs = appendUnique(o.hostIPs, a)
 		}
 	}
 	return o, nil
