@@ -248,3 +248,65 @@ func TestACMEChallengeForUnknownNameIsRefused(t *testing.T) {
 		t.Fatal("a handshake succeeded before any certificate was issued")
 	}
 }
+
+// With the CA unreachable, Run logs, counts the failure, backs off, and still
+// returns as soon as its context ends.
+func TestACMEUnreachableCABacksOffAndStops(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // nothing listens here now: connections are refused at once
+	cfg := DefaultConfig()
+	cfg.ACME.Domains = []string{"rdv.example.com"}
+	cfg.ACME.DirectoryURL = "https://" + dead + "/dir"
+	src, err := New(cfg, Options{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- src.Run(ctx) }()
+	waitFor(t, "a counted failure", 10*time.Second, func() bool {
+		return testutil.ToFloat64(src.loads.WithLabelValues("acme", "refused")) >= 1
+	})
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context ended (stuck in the retry backoff)")
+	}
+	if src.Certificate() != nil {
+		t.Fatal("a certificate without a CA")
+	}
+}
+
+func TestFilesRunReturnsWhenContextEnds(t *testing.T) {
+	ca := newTestCA(t)
+	certA, keyA, _ := ca.issue(t, "a.example.test")
+	src, err := New(writePair(t, t.TempDir(), certA, keyA), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- src.Run(ctx) }()
+	select {
+	case <-src.Ready():
+	default:
+		t.Fatal("Ready not closed: the source needs no listener")
+	}
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}

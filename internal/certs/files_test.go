@@ -21,6 +21,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/rendezvous-p2p/rendezvous/internal/service"
 )
 
 // testCA issues leaf certificates for the tests.
@@ -356,3 +358,6 @@ func mustDecodePEM(t *testing.T, b []byte) []byte {
 	}
 	return block.Bytes
 }
+
+// The app runs the source beside the listeners as one of its services.
+var _ service.Service = (*Source)(nil)
