@@ -15,12 +15,13 @@
 //     directory and renewed in the background (Run) a third of their lifetime
 //     before they expire.
 //
-// Wiring (cmd/rendezvous):
+// Wiring (internal/app): one Source for every TLS listener, run as a service.
 //
-//	src, err := certs.New(cfg.TLS, certs.Options{Logger: ..., Registerer: ..., StateDir: st.Path()})
-//	go src.Run(ctx)                          // ACME issuance and renewal; returns when ctx ends
-//	ln = tls.NewListener(tcpLn, src.TLSConfig())  // HTTPS and TURN TLS alike
-//	on SIGHUP: src.Reload()
+//	src, err := certs.New(cfg.TLS, certs.Options{Logger: log, Registerer: registry, StateDir: st.Path()})
+//	services = append(services, src)              // Run: ACME issuance and renewal until ctx ends
+//	httpSrv.TLSConfig = src.TLSConfig(); httpSrv.ServeTLS(ln, "", "")   // HTTPS (h2 added by net/http)
+//	turnLn := tls.NewListener(tcpLn, src.TLSConfig())                   // TURN over TLS
+//	on SIGHUP: src.Reload()                       // re-read files now; ACME: check renewal now
 package certs
 
 import (
