@@ -486,3 +486,37 @@ func TestReloadRenewsCertificate(t *testing.T) {
 	}
 	c.Close()
 }
+
+// The per-allocation bandwidth cap drops what exceeds the token bucket.
+func TestBandwidthLimit(t *testing.T) {
+	r := startRelay(t, func(c *Config) { c.AllowPeers = []string{"127.0.0.1/32"}; c.BandwidthLimit = 1000 })
+	c := dialRaw(t, r, "udp")
+	mustAllocate(t, c, "alice", "alice-pw")
+	peer := udpPeer(t, "127.0.0.1")
+	peerAP := addrPortOf(peer.LocalAddr())
+	if code, _ := errorCode(t, c.do(stun.MethodCreatePermission, peerAttr(peerAP))); code != 0 {
+		t.Fatal("CreatePermission")
+	}
+	payload := make([]byte, 1000)
+	const sent = 100 // 100 kB against a 64 KiB burst and 1 kB/s
+	for range sent {
+		c.sendIndication(peerAP, payload)
+	}
+	eventually(t, "the relay to process every packet", func() bool {
+		return r.metric(t, "rendezvous_relay_packets_total", map[string]string{"direction": "to_peer"})+
+			r.metric(t, "rendezvous_relay_dropped_packets_total", map[string]string{"reason": "bandwidth"}) == sent
+	})
+	passed := r.metric(t, "rendezvous_relay_packets_total", map[string]string{"direction": "to_peer"})
+	if passed < 60 || passed > 70 {
+		t.Fatalf("%v of %d packets passed a 64 KiB burst, want about 65", passed, sent)
+	}
+}
+
+// max-allocation-duration ends an allocation however it is refreshed.
+func TestMaxAllocationDuration(t *testing.T) {
+	r := startRelay(t, func(c *Config) { c.MaxAllocationDuration = 500 * time.Millisecond })
+	mustAllocate(t, dialRaw(t, r, "udp"), "alice", "alice-pw")
+	eventually(t, "the allocation to be ended", func() bool {
+		return r.metric(t, "rendezvous_relay_allocations", nil) == 0
+	})
+}
