@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,7 +25,8 @@ import (
 
 type connectFlags struct {
 	server, room, name, token, stun, listen, hostAddrs string
-	create, asJSON, allIfaces                          bool
+	relayCA                                            string
+	create, asJSON, allIfaces, noRelay                 bool
 	peers                                              int
 	timeout                                            time.Duration
 }
@@ -38,8 +40,14 @@ func newConnectCmd() *cobra.Command {
 punching, then an encrypted QUIC session), and pipe stdin/stdout over a
 reliable stream: a chat between two terminals.
 
-Events (joined, connecting, connected with the path and RTT, failed) go to
-stderr, as text or, with --json, one JSON object per line. Data goes to stdout.
+When no direct path answers, the session runs through the server's TURN
+relay (over UDP, else TCP, else TLS) and moves to a direct path when one
+answers; a path that stops answering (timestamp echo older than 1.5 s, or
+over 30% loss) is left for the next one down, without losing stream data.
+
+Events (joined, connecting, connected with the path and RTT, path switches
+with their reason, failed) go to stderr, as text or, with --json, one JSON
+object per line. Data goes to stdout.
 connect exits when stdin ends and every peer has received all of it (and sent
 all of its own), or on Ctrl-C.`,
 		Example: `  rendezvous connect --server http://rv.example.com:8080 --create --name alice
@@ -76,6 +84,7 @@ all of its own), or on Ctrl-C.`,
 	fl.BoolVar(&f.allIfaces, "all-interfaces", false, "also offer addresses of container/VM interfaces")
 	fl.IntVar(&f.peers, "peers", 1, "wait for this many peers before stdin's end may finish the run")
 	fl.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: no limit)")
+	addRelayFlags(cmd, &f.relayCA, &f.noRelay)
 	return cmd
 }
 
@@ -121,6 +130,10 @@ func (p *eventPrinter) print(e punch.AgentEvent) {
 		fmt.Fprintf(p.w, "connecting to %s…\n", who)
 	case "connected":
 		fmt.Fprintf(p.w, "%s path to %s: %s → %s, RTT %v (after %.0f ms)\n", e.Path.Kind, who, e.Path.Local, e.Path.Remote, e.Path.RTT.Round(100*time.Microsecond), e.TookMS)
+	case "path":
+		fmt.Fprintf(p.w, "path to %s now %s: %s → %s (%s)\n", who, e.Path.Kind, e.Path.Local, e.Path.Remote, e.Reason)
+	case "relay":
+		fmt.Fprintf(p.w, "relayed address: %s\n", e.Addr)
 	case "failed":
 		fmt.Fprintf(p.w, "could not connect to %s: %s\n", who, e.Error)
 	case "done":
@@ -149,11 +162,17 @@ func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, st
 		return err
 	}
 	defer ep.Close()
+	relayOpts, err := relayOptions(f.relayCA)
+	if err != nil {
+		return err
+	}
 	agent, err := punch.StartAgent(ctx, ep, punch.AgentConfig{
 		Signaling:      client.Config{URL: f.server, Token: f.token, Register: client.Register{Name: f.name}},
 		STUNServer:     f.stun,
 		IncludeVirtual: f.allIfaces,
 		HostAddrs:      hostAddrs,
+		NoRelay:        f.noRelay,
+		Relay:          relayOpts,
 	})
 	if err != nil {
 		return fmt.Errorf("signaling: %w", err)
@@ -306,6 +325,30 @@ func parseHostAddrs(s string) ([]netip.Addr, error) {
 		out = append(out, ip)
 	}
 	return out, nil
+}
+
+// addRelayFlags adds the relay flags connect and tunnel share.
+func addRelayFlags(cmd *cobra.Command, relayCA *string, noRelay *bool) {
+	fl := cmd.Flags()
+	fl.StringVar(relayCA, "relay-ca", "", "PEM file of the CA (or self-signed certificate) that signs the relay's TLS certificate, for turns: (default: the system's CAs)")
+	fl.BoolVar(noRelay, "no-relay", false, "never relay: direct paths only")
+}
+
+// relayOptions reads --relay-ca.
+func relayOptions(caFile string) (punch.RelayOptions, error) {
+	var o punch.RelayOptions
+	if caFile == "" {
+		return o, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return o, fmt.Errorf("--relay-ca: %w", err)
+	}
+	o.RootCAs = x509.NewCertPool()
+	if !o.RootCAs.AppendCertsFromPEM(pem) {
+		return o, fmt.Errorf("--relay-ca: %s holds no PEM certificate", caFile)
+	}
+	return o, nil
 }
 
 // drain prints events still queued.
