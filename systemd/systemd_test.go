@@ -216,6 +216,12 @@ func TestDebContents(t *testing.T) {
 				t.Errorf("rpm lacks %s:\n%s", want, list)
 			}
 		}
+		if cf := strings.TrimSpace(run(t, "rpm", "-qpc", rpm)); cf != "/etc/rendezvous/rendezvous.yaml" {
+			t.Errorf("rpm config files %q, want the config only", cf)
+		}
+		if scripts := run(t, "rpm", "-qp", "--scripts", rpm); !strings.Contains(scripts, "systemd-sysusers") {
+			t.Errorf("rpm scriptlets do not create the user:\n%s", scripts)
+		}
 	}
 }
 
