@@ -57,12 +57,21 @@ func NewAnnouncer(cfg Config, ann Announcement, opts Options) (*Announcer, error
 	a := &Announcer{cfg: cfg, opts: opts, log: opts.logger(), id: opts.Instance, ann: cloneAnnouncement(ann),
 		changed: make(chan struct{}, 1), ready: make(chan struct{})}
 	if a.id == (InstanceID{}) {
-		rand.Read(a.id[:])
+		a.id = NewInstanceID()
 	}
 	if cfg.LANKey != "" {
 		a.key = macKey(cfg.LANKey)
 	}
 	return a, nil
+}
+
+// NewInstanceID returns a random instance id. An application that restarts
+// its announcer but wants to stay one peer passes the same id in
+// Options.Instance.
+func NewInstanceID() InstanceID {
+	var id InstanceID
+	rand.Read(id[:])
+	return id
 }
 
 // ID is the instance id the announcer sends; give it to a listener in the

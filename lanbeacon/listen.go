@@ -132,15 +132,16 @@ type Listener struct {
 
 	ready chan struct{}
 
-	mu      sync.Mutex
-	peers   map[InstanceID]*Peer
-	limits  map[netip.Addr]*sourceLimit
-	nonces  map[nonceKey]time.Time // signed beacons seen, until they go stale
-	subs    map[*subscriber]struct{}
-	stopped bool
-	ifnames map[int]string
-	joined  map[int]bool
-	wake    chan struct{} // the earliest expiry may have moved
+	mu        sync.Mutex
+	peers     map[InstanceID]*Peer
+	limits    map[netip.Addr]*sourceLimit
+	lastSweep time.Time
+	nonces    map[nonceKey]time.Time // signed beacons seen, until they go stale
+	subs      map[*subscriber]struct{}
+	stopped   bool
+	ifnames   map[int]string
+	joined    map[int]bool
+	wake      chan struct{} // the earliest expiry may have moved
 
 	received, accepted, goodbyes, own, oversized, malformed, rateLimited,
 	otherApp, unsigned, forged, stale, replayed, tableFull, expired, eventsDropped atomic.Uint64
@@ -512,6 +513,12 @@ func (l *Listener) allow(src netip.Addr, now time.Time) bool {
 	s, ok := l.limits[src]
 	if !ok {
 		if len(l.limits) >= maxSources {
+			// Full (a flood of spoofed sources): forget sources idle for a
+			// minute, at most once a second so the sweep stays cheap.
+			if now.Sub(l.lastSweep) < time.Second {
+				return false
+			}
+			l.lastSweep = now
 			for a, x := range l.limits {
 				if now.Sub(x.last) > time.Minute {
 					delete(l.limits, a)

@@ -5,8 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // Network is what lanbeacon needs from the operating system. HostNetwork is
@@ -37,14 +35,7 @@ type HostNetwork struct{}
 func (HostNetwork) ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
-		err := c.Control(func(fd uintptr) {
-			for _, opt := range []int{unix.SO_REUSEADDR, unix.SO_REUSEPORT, unix.SO_BROADCAST} {
-				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, 1); serr != nil {
-					return
-				}
-			}
-		})
-		if err != nil {
+		if err := c.Control(func(fd uintptr) { serr = setSocketOptions(fd) }); err != nil {
 			return err
 		}
 		return serr
