@@ -67,16 +67,17 @@ type attempt struct {
 	dialer bool
 	vaddr  netip.AddrPort // what quic-go sees as the peer's address
 
-	mu         sync.Mutex
-	targets    []route
-	pending    map[[12]byte]pendingPing
-	learned    chan route // new routes to ping at once
-	paths      map[route]*pathState
-	active     *pathState
-	lastIn     route // where the newest QUIC packet came from
-	hasLastIn  bool
-	live       bool // a session runs: the ladder switches paths
-	pathEvents chan PathEvent
+	mu          sync.Mutex
+	targets     []route
+	pending     map[[12]byte]pendingPing
+	learned     chan route // new routes to ping at once
+	paths       map[route]*pathState
+	active      *pathState
+	lastIn      route // where the newest QUIC packet came from
+	hasLastIn   bool
+	activeSince time.Time
+	live        bool // a session runs: the ladder switches paths
+	pathEvents  chan PathEvent
 
 	won      chan win // verified paths, first first
 	incoming chan *quic.Conn
@@ -366,13 +367,17 @@ punching:
 				break punching
 			}
 			if relayWin == nil {
-				relayWin = &w
+				rw := w
+				relayWin = &rw
 				if e.cfg.Ladder.RelayGrace <= 0 {
 					break punching
 				}
 				t := time.NewTimer(e.cfg.Ladder.RelayGrace)
 				defer t.Stop()
 				grace = t.C
+			} else if w.route.kind().rank() < relayWin.route.kind().rank() {
+				rw := w // a better rung of the relay (UDP before TCP before TLS)
+				relayWin = &rw
 			}
 		case <-grace:
 			w = *relayWin
@@ -392,11 +397,19 @@ punching:
 			return nil, net.ErrClosed
 		}
 	}
+	a.mu.Lock()
 	if qc == nil {
-		a.mu.Lock()
 		a.active = a.paths[w.route]
-		a.mu.Unlock()
+	} else if a.hasLastIn {
+		// The dialer chose this path (with its grace for direct): answer on it.
+		a.active = a.paths[a.lastIn]
+		if a.active == nil {
+			a.active = &pathState{route: a.lastIn}
+			a.paths[a.lastIn] = a.active
+		}
 	}
+	a.activeSince = time.Now()
+	a.mu.Unlock()
 
 	if qc == nil {
 		hctx, cancel := context.WithTimeout(ctx, e.cfg.HandshakeTimeout)
@@ -426,13 +439,6 @@ punching:
 	a.live = true
 	if a.active == nil {
 		a.evaluateLocked(e, time.Now())
-	}
-	if a.active == nil && a.hasLastIn {
-		a.active = a.paths[a.lastIn]
-		if a.active == nil {
-			a.active = &pathState{route: a.lastIn}
-			a.paths[a.lastIn] = a.active
-		}
 	}
 	a.mu.Unlock()
 	// Drain the initial "first path" event: Connect's result reports it.

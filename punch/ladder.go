@@ -209,6 +209,9 @@ func (a *attempt) evaluateLocked(e *Endpoint, now time.Time) {
 	switch {
 	case a.active == nil:
 		a.switchLocked(e, best, "first path")
+	case !a.active.verified && now.Sub(a.activeSince) < cfg.StaleAfter:
+		// The path the peer's handshake came in on, not yet answered to
+		// our own pings: give it the time a live path gets.
 	default:
 		if ok, why := a.active.health(now, cfg); !ok {
 			a.switchLocked(e, best, why)
@@ -227,7 +230,7 @@ func (a *attempt) switchLocked(e *Endpoint, to *pathState, reason string) {
 		from := e.pathOf(a.active)
 		ev.From = &from
 	}
-	a.active = to
+	a.active, a.activeSince = to, ev.Time
 	e.log.Debug("path switch", "peer", a.peer.Key.String(), "to", ev.Path.Kind, "remote", ev.Path.Remote.String(), "reason", reason)
 	select {
 	case a.pathEvents <- ev:
