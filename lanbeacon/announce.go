@@ -30,6 +30,7 @@ type Announcer struct {
 	ann Announcement
 
 	changed chan struct{}
+	nudged  chan struct{}
 	ready   chan struct{}
 
 	rounds, sent, sendErrors, goodbyes atomic.Uint64
@@ -55,7 +56,7 @@ func NewAnnouncer(cfg Config, ann Announcement, opts Options) (*Announcer, error
 		return nil, errors.New("lanbeacon: nothing to announce to (broadcast, directed-broadcast and ipv6-group all off)")
 	}
 	a := &Announcer{cfg: cfg, opts: opts, log: opts.logger(), id: opts.Instance, ann: cloneAnnouncement(ann),
-		changed: make(chan struct{}, 1), ready: make(chan struct{})}
+		changed: make(chan struct{}, 1), nudged: make(chan struct{}, 1), ready: make(chan struct{})}
 	if a.id == (InstanceID{}) {
 		a.id = NewInstanceID()
 	}
@@ -128,7 +129,9 @@ func (a *Announcer) Run(ctx context.Context) error {
 	}
 	close(a.ready)
 	a.round(conn4, conn6, false)
-	timer := time.NewTimer(a.nextWait())
+	last := time.Now()
+	next := last.Add(a.nextWait())
+	timer := time.NewTimer(time.Until(next))
 	defer timer.Stop()
 	for {
 		select {
@@ -137,9 +140,33 @@ func (a *Announcer) Run(ctx context.Context) error {
 			return nil
 		case <-timer.C:
 		case <-a.changed:
+		case <-a.nudged:
+			// At most one nudged round per half interval: a flood of
+			// spoofed "new peers" cannot raise the rate more than twofold.
+			if soon := last.Add(a.cfg.Interval / 2); time.Now().Before(soon) {
+				if soon.Before(next) {
+					next = soon
+					timer.Reset(time.Until(next))
+				}
+				continue
+			}
 		}
 		a.round(conn4, conn6, false)
-		timer.Reset(a.nextWait())
+		last = time.Now()
+		next = last.Add(a.nextWait())
+		timer.Reset(time.Until(next))
+	}
+}
+
+// Nudge asks for a round soon: at once, or half an interval after the last
+// round if that was more recent. Call it when a listener finds a new peer
+// (Syncthing's "re-announce when a new device appears"), so a newcomer hears
+// everyone within milliseconds instead of one interval. It sends to the
+// usual broadcast destinations only, never to the newcomer.
+func (a *Announcer) Nudge() {
+	select {
+	case a.nudged <- struct{}{}:
+	default:
 	}
 }
 

@@ -428,3 +428,30 @@ func TestConfigValidate(t *testing.T) {
 		t.Error("announcer with no destination accepted")
 	}
 }
+
+func TestNudge(t *testing.T) {
+	l := startListener(t, DefaultConfig(), Options{})
+	cfg := loopbackConfig(l.addr)
+	cfg.Interval = 4 * time.Second // regular rounds 3.6-4 s apart
+	a, err := NewAnnouncer(cfg, sampleAnnouncement(), Options{Network: newLoopbackNetwork()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAnnouncer(t, a)
+	first := nextEvent(t, l.events, 5*time.Second).Time
+	// A nudge right after a round waits for half an interval...
+	a.Nudge()
+	waitFor(t, "half an interval", 5*time.Second, func() bool { return time.Since(first) >= 2*time.Second })
+	// ...and one after half an interval is sent at once, well before the
+	// regular round at 3.6 s or later.
+	waitFor(t, "the deferred nudge round", 1200*time.Millisecond, func() bool { return a.Stats().Rounds >= 2 })
+	if r := a.Stats().Rounds; r != 2 {
+		t.Fatalf("%d rounds", r)
+	}
+	a.Nudge()
+	waitFor(t, "no more than the deferred round before 3.2 s", 5*time.Second, func() bool { return time.Since(first) >= 3200*time.Millisecond })
+	if r := a.Stats().Rounds; r != 2 {
+		t.Fatalf("%d rounds: a nudge within half an interval of the last round was sent at once", r)
+	}
+	waitFor(t, "the nudged round", 2*time.Second, func() bool { return a.Stats().Rounds >= 3 })
+}
