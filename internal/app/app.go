@@ -12,12 +12,14 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/buildinfo"
+	"github.com/rendezvous-p2p/rendezvous/internal/certs"
 	"github.com/rendezvous-p2p/rendezvous/internal/config"
 	"github.com/rendezvous-p2p/rendezvous/internal/httpserver"
 	"github.com/rendezvous-p2p/rendezvous/internal/logx"
@@ -71,6 +74,7 @@ type App struct {
 	stopping atomic.Bool
 	reloads  *prometheus.CounterVec
 
+	certs     *certs.Source // nil without TLS
 	relay     *relay.Server
 	signaling *signaling.Server
 	// effective service configs: the file's, with generated secrets filled in
@@ -136,6 +140,14 @@ func New(cfg config.Config, opts Options) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
+	var tlsConfig *tls.Config
+	if cfg.TLS.Enabled() {
+		a.certs, err = certs.New(cfg.TLS, certs.Options{Logger: a.serviceLogger("tls"), Registerer: a.registry, StateDir: st.Path()})
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		tlsConfig = a.certs.TLSConfig()
+	}
 	a.http, err = httpserver.New(cfg.HTTP, httpserver.Options{
 		Logger:       a.serviceLogger("http"),
 		Gatherer:     a.registry,
@@ -143,11 +155,15 @@ func New(cfg config.Config, opts Options) (*App, error) {
 		Readiness:    a.readiness,
 		DrainTimeout: drainTimeout(cfg.ShutdownTimeout),
 		Handlers:     map[string]http.Handler{"/v1/": a.signaling.Handler()},
+		TLSConfig:    tlsConfig,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("http: %w", err)
 	}
 	a.services = append(a.services, a.http, a.signaling, a.relay)
+	if a.certs != nil {
+		a.services = append(a.services, a.certs) // ACME issuance and renewal
+	}
 	return a, nil
 }
 
@@ -421,12 +437,22 @@ func (a *App) reload() error {
 	if next.HTTP != cur.HTTP {
 		restart = append(restart, "http")
 	}
+	if !reflect.DeepEqual(next.TLS, cur.TLS) {
+		restart = append(restart, "tls")
+	}
 	if len(restart) > 0 {
 		return fmt.Errorf("changes to %s need a restart (systemctl restart rendezvous)", strings.Join(restart, ", "))
 	}
 	nextRelay, nextSignaling, err := Effective(next, a.state)
 	if err != nil {
 		return err
+	}
+	if a.certs != nil {
+		// Re-read the certificate files (or check ACME renewal) now; a bad
+		// pair is refused and the old certificate keeps serving.
+		if err := a.certs.Reload(); err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
 	}
 	if err := a.relay.Reload(nextRelay); err != nil {
 		return fmt.Errorf("relay: %w", err)

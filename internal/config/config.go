@@ -17,6 +17,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/rendezvous-p2p/rendezvous/internal/certs"
 	"github.com/rendezvous-p2p/rendezvous/internal/httpserver"
 	"github.com/rendezvous-p2p/rendezvous/internal/logx"
 	"github.com/rendezvous-p2p/rendezvous/relay"
@@ -36,8 +37,11 @@ type Config struct {
 	PublicHost string            `yaml:"public-host"`
 	Log        logx.Config       `yaml:"log"`
 	HTTP       httpserver.Config `yaml:"http"`
-	Relay      relay.Config      `yaml:"relay"`
-	Signaling  signaling.Config  `yaml:"signaling"`
+	// TLS is the certificate for HTTPS on the HTTP listener and TURN over TLS:
+	// files (reloaded when they change) or ACME.
+	TLS       certs.Config     `yaml:"tls"`
+	Relay     relay.Config     `yaml:"relay"`
+	Signaling signaling.Config `yaml:"signaling"`
 }
 
 // Default is the built-in configuration: everything on, safe for a VPS.
@@ -46,6 +50,7 @@ func Default() Config {
 		ShutdownTimeout: 10 * time.Second,
 		Log:             logx.DefaultConfig(),
 		HTTP:            httpserver.DefaultConfig(),
+		TLS:             certs.DefaultConfig(),
 		Relay:           relay.DefaultConfig(),
 		Signaling:       signaling.DefaultConfig(),
 	}
@@ -65,6 +70,7 @@ func (c *Config) Validate() error {
 	errs = append(errs,
 		prefix("log", c.Log.Validate()),
 		prefix("http", c.HTTP.Validate()),
+		prefix("tls", c.TLS.Validate()),
 		prefix("relay", c.Relay.Validate()),
 		prefix("signaling", c.Signaling.Validate()))
 	return errors.Join(errs...)

@@ -5,6 +5,7 @@ package httpserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,6 +83,8 @@ type Options struct {
 	Handlers map[string]http.Handler
 	// DrainTimeout bounds graceful shutdown of in-flight requests.
 	DrainTimeout time.Duration
+	// TLSConfig, when set, makes the main listener HTTPS (HTTP/2 included).
+	TLSConfig *tls.Config
 }
 
 // Server serves HTTP until its context ends.
@@ -199,7 +202,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.pprof = listeners[1].Addr()
 	}
 	s.mu.Unlock()
-	s.opts.Logger.Info("http listening", "addr", ln.Addr().String())
+	s.opts.Logger.Info("http listening", "addr", ln.Addr().String(), "tls", s.opts.TLSConfig != nil)
 	if s.pprof != nil {
 		s.opts.Logger.Info("pprof listening", "addr", s.pprof.String())
 	}
@@ -207,7 +210,14 @@ func (s *Server) Run(ctx context.Context) error {
 
 	errc := make(chan error, len(servers))
 	for i, srv := range servers {
-		go func() { errc <- srv.Serve(listeners[i]) }()
+		go func() {
+			if i == 0 && s.opts.TLSConfig != nil {
+				srv.TLSConfig = s.opts.TLSConfig.Clone()
+				errc <- srv.ServeTLS(listeners[i], "", "")
+				return
+			}
+			errc <- srv.Serve(listeners[i])
+		}()
 	}
 	var serveErr error
 	select {
