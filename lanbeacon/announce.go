@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Announcer broadcasts an Announcement on the LAN: at once on start and on
@@ -33,15 +35,19 @@ type Announcer struct {
 	nudged  chan struct{}
 	ready   chan struct{}
 
-	rounds, sent, sendErrors, goodbyes atomic.Uint64
+	rounds, nudgedRounds, nudgesLimited, sent, sendErrors, goodbyes atomic.Uint64
 }
 
 // AnnouncerStats are counters of an Announcer.
 type AnnouncerStats struct {
-	Rounds     uint64 `json:"rounds"`      // announcement rounds (timer, start, change)
-	Sent       uint64 `json:"sent"`        // datagrams sent, goodbyes included
-	SendErrors uint64 `json:"send_errors"` // datagrams the kernel refused (no route, interface gone)
-	Goodbyes   uint64 `json:"goodbyes"`    // goodbye datagrams sent
+	Rounds uint64 `json:"rounds"` // announcement rounds (timer, start, change, nudge)
+	Nudged uint64 `json:"nudged"` // rounds sent at once because of Nudge
+	// NudgesLimited counts nudges over the budget: not sent at once (deferred
+	// until the budget refills, or served by the regular round).
+	NudgesLimited uint64 `json:"nudges_limited"`
+	Sent          uint64 `json:"sent"`        // datagrams sent, goodbyes included
+	SendErrors    uint64 `json:"send_errors"` // datagrams the kernel refused (no route, interface gone)
+	Goodbyes      uint64 `json:"goodbyes"`    // goodbye datagrams sent
 }
 
 // NewAnnouncer checks cfg and ann; it does no I/O.
@@ -99,7 +105,7 @@ func (a *Announcer) Update(ann Announcement) error {
 
 // Stats returns the counters.
 func (a *Announcer) Stats() AnnouncerStats {
-	return AnnouncerStats{Rounds: a.rounds.Load(), Sent: a.sent.Load(), SendErrors: a.sendErrors.Load(), Goodbyes: a.goodbyes.Load()}
+	return AnnouncerStats{Rounds: a.rounds.Load(), Nudged: a.nudgedRounds.Load(), NudgesLimited: a.nudgesLimited.Load(), Sent: a.sent.Load(), SendErrors: a.sendErrors.Load(), Goodbyes: a.goodbyes.Load()}
 }
 
 // Run announces until ctx ends, then sends a goodbye and closes its sockets.
@@ -129,10 +135,12 @@ func (a *Announcer) Run(ctx context.Context) error {
 	}
 	close(a.ready)
 	a.round(conn4, conn6, false)
-	last := time.Now()
-	next := last.Add(a.nextWait())
+	next := time.Now().Add(a.nextWait())
 	timer := time.NewTimer(time.Until(next))
 	defer timer.Stop()
+	// Nudged rounds: two at once, then one per interval, so a flood of
+	// spoofed "new peers" at most doubles the announcer's rate.
+	nudges := rate.NewLimiter(rate.Every(a.cfg.Interval), 2)
 	for {
 		select {
 		case <-ctx.Done():
@@ -141,28 +149,31 @@ func (a *Announcer) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-a.changed:
 		case <-a.nudged:
-			// At most one nudged round per half interval: a flood of
-			// spoofed "new peers" cannot raise the rate more than twofold.
-			if soon := last.Add(a.cfg.Interval / 2); time.Now().Before(soon) {
-				if soon.Before(next) {
-					next = soon
+			if r := nudges.Reserve(); r.Delay() > 0 {
+				a.nudgesLimited.Add(1)
+				// Out of budget: go when it refills, if that is before the
+				// regular round (which also serves the newcomer).
+				if at := time.Now().Add(r.Delay()); at.Before(next) {
+					next = at
 					timer.Reset(time.Until(next))
+				} else {
+					r.Cancel()
 				}
 				continue
 			}
+			a.nudgedRounds.Add(1)
 		}
 		a.round(conn4, conn6, false)
-		last = time.Now()
-		next = last.Add(a.nextWait())
+		next = time.Now().Add(a.nextWait())
 		timer.Reset(time.Until(next))
 	}
 }
 
-// Nudge asks for a round soon: at once, or half an interval after the last
-// round if that was more recent. Call it when a listener finds a new peer
+// Nudge asks for a round at once: call it when a listener finds a new peer
 // (Syncthing's "re-announce when a new device appears"), so a newcomer hears
-// everyone within milliseconds instead of one interval. It sends to the
-// usual broadcast destinations only, never to the newcomer.
+// everyone within milliseconds instead of up to one interval. Nudged rounds
+// are limited to a burst of two, then one per interval, and go to the usual
+// broadcast destinations only, never to the newcomer.
 func (a *Announcer) Nudge() {
 	select {
 	case a.nudged <- struct{}{}:

@@ -34,8 +34,10 @@ type Config struct {
 	// Group6 is the IPv6 link-local multicast group (in ff02::/16) joined on
 	// and sent to on every up, multicast-capable interface; "" disables IPv6.
 	Group6 string `yaml:"ipv6-group"`
-	// Interfaces limits sending and joining to these interface names; empty
-	// means all.
+	// Interfaces limits directed broadcasts and IPv6 multicast (sending and
+	// joining) to these interface names; empty means all. The limited
+	// broadcast follows the routing table: set Broadcast to "" as well to keep
+	// strictly to these interfaces.
 	Interfaces []string `yaml:"interfaces"`
 	// Interval is the time between announcements (each waits a random 90-100%
 	// of it, so a listener hears every announcer within one interval).

@@ -250,6 +250,35 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("NewcomerHearsEveryoneAtOnceWithNudge", func(t *testing.T) {
+		// A 10 s interval: without nudges the newcomer would wait up to 10 s
+		// for the others' next rounds.
+		cfg := labConfig(9008, 10*time.Second)
+		var anns []*Announcer
+		for i, h := range []*natlab.Host{a0, a1} {
+			a, _ := announceIn(t, h, cfg, fmt.Sprintf("a%d", i), Options{})
+			l := listenIn(t, h, cfg, Options{Ignore: []InstanceID{a.ID()}})
+			go func() {
+				for ev := range l.events {
+					if ev.Kind == Found {
+						a.Nudge()
+					}
+				}
+			}()
+			anns = append(anns, a)
+		}
+		newcomer := listenIn(t, a2, cfg, Options{})
+		start := time.Now()
+		announceIn(t, a2, cfg, "a2", Options{})
+		waitFound(t, newcomer, start.Add(2*time.Second), anns[0].ID(), anns[1].ID())
+		t.Logf("newcomer heard both hosts %v after announcing", time.Since(start).Round(time.Millisecond))
+		for i, a := range anns {
+			if a.Stats().Nudged == 0 {
+				t.Errorf("a/%d: no nudged round: %+v", i, a.Stats())
+			}
+		}
+	})
+
 	t.Run("GoodbyeRemovesAtOnce", func(t *testing.T) {
 		// A 10 s interval: expiry would take 30 s; the goodbye must not wait.
 		cfg := labConfig(9004, 10*time.Second)
