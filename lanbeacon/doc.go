@@ -14,6 +14,9 @@
 //
 // Rounds happen at once on start, at once on Update, then every 90-100% of
 // Config.Interval (2 s); a goodbye round goes out when the announcer stops.
+// An application that also listens calls Announcer.Nudge on every Found
+// event, so a newcomer hears everyone at once (budgeted: a burst of two, then
+// one per interval).
 // Routers forward none of these, so discovery stays on the LAN.
 //
 // Listeners bind the port with SO_REUSEADDR and SO_REUSEPORT, so a game and
