@@ -4,8 +4,18 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/ecdsa"
+	cryptorand "crypto/rand"
+	"crypto/elliptic"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"io"
+	"math/big"
 	"math/rand/v2"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,9 +31,16 @@ import (
 // labServer runs `rendezvous serve` on the lab's server host and returns its URL.
 func labServer(t *testing.T, lab *natlab.Lab) string {
 	t.Helper()
+	return labServerRelay(t, lab, "")
+}
+
+// labServerRelay is labServer with more keys for the relay section
+// (indented lines, e.g. "  tls-listen: ...\n").
+func labServerRelay(t *testing.T, lab *natlab.Lab, relayYAML string) string {
+	t.Helper()
 	srv := lab.Server()
 	dir := t.TempDir()
-	cfg := fmt.Sprintf("public-host: %s\nsignaling:\n  open: true\nrelay:\n  relay-address: %s\n", srv.Addr(), srv.Addr())
+	cfg := fmt.Sprintf("public-host: %s\nsignaling:\n  open: true\nrelay:\n  relay-address: %s\n%s", srv.Addr(), srv.Addr(), relayYAML)
 	cfgPath := filepath.Join(dir, "rendezvous.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -47,8 +64,14 @@ func killGroup(cmd *exec.Cmd) {
 // labConnect starts `rendezvous connect --json` on a lab host.
 func labConnect(t *testing.T, h *natlab.Host, stdin []byte, args ...string) (*proc, *bytes.Buffer) {
 	t.Helper()
-	cmd := h.Command(context.Background(), binary, append([]string{"connect", "--json", "--timeout", "30s", "--name", h.String()}, args...)...)
-	cmd.Stdin = bytes.NewReader(stdin)
+	return labConnectFrom(t, h, bytes.NewReader(stdin), args...)
+}
+
+// labConnectFrom is labConnect reading stdin from r.
+func labConnectFrom(t *testing.T, h *natlab.Host, r io.Reader, args ...string) (*proc, *bytes.Buffer) {
+	t.Helper()
+	cmd := h.Command(context.Background(), binary, append([]string{"connect", "--json", "--timeout", "40s", "--name", h.String()}, args...)...)
+	cmd.Stdin = r
 	var out lockedBuffer
 	cmd.Stdout = &out
 	p := watch(t, cmd)
@@ -78,11 +101,11 @@ type pairResult struct {
 
 // connectPair runs a creator on a and a joiner on b; the joiner sends a
 // checksummed payload that must arrive intact. It reports the creator's view.
-func connectPair(t *testing.T, server string, a, b *natlab.Host, listen string, payload []byte) pairResult {
+func connectPair(t *testing.T, server string, a, b *natlab.Host, listen string, payload []byte, extra ...string) pairResult {
 	t.Helper()
-	pa, outA := labConnect(t, a, nil, "--server", server, "--create", "--listen", listen)
+	pa, outA := labConnect(t, a, nil, append([]string{"--server", server, "--create", "--listen", listen}, extra...)...)
 	room := pa.waitEvent(t, "room", 20*time.Second)
-	pb, _ := labConnect(t, b, payload, "--server", server, "--room", room["code"].(string), "--listen", listen)
+	pb, _ := labConnect(t, b, payload, append([]string{"--server", server, "--room", room["code"].(string), "--listen", listen}, extra...)...)
 	res := pairResult{}
 	ev := pa.waitLine(t, "connected or failed", func(l map[string]any) bool { return l["event"] == "connected" || l["event"] == "failed" }, 20*time.Second)
 	if ev["event"] == "failed" {
@@ -95,6 +118,7 @@ func connectPair(t *testing.T, server string, a, b *natlab.Host, listen string, 
 	res.direct = res.kind == "direct"
 	res.remote = fmt.Sprint(path["remote"])
 	res.tookMS, _ = ev["took_ms"].(float64)
+	res.detail = fmt.Sprint(pa.dump())
 	if err := pb.waitExit(t, 20*time.Second); err != nil {
 		t.Errorf("joiner on %s: exit %v\n%s", b, err, pb.dump())
 	}
@@ -203,4 +227,153 @@ func TestConnectSameNATAndIPv6(t *testing.T) {
 			t.Fatalf("want a direct IPv6 path to %v, got direct=%v remote=%s %s", b.Addr6(), r.direct, r.remote, r.detail)
 		}
 	})
+}
+
+// Acceptance (issue 7, 1): when the networks drop all UDP to the server, two
+// symmetric NATs still connect, relayed over TURN-over-TCP; when TCP to the
+// TURN port is closed too, over TURN-over-TLS (the relay's self-signed
+// certificate is trusted through --relay-ca).
+func TestConnectRelayedOverTCPAndTLS(t *testing.T) {
+	natlab.Require(t)
+	lab := natlab.New(t, natlab.Topology{Routers: []natlab.Router{
+		{Name: "sa", NAT: natlab.Symmetric, Hosts: 1},
+		{Name: "sb", NAT: natlab.Symmetric, Hosts: 1},
+	}})
+	srv := lab.Server().Addr()
+	dir := t.TempDir()
+	certFile, keyFile := writeSelfSigned(t, dir, srv)
+	server := labServerRelay(t, lab, fmt.Sprintf("  tls-listen: %s:443\n  cert-file: %s\n  key-file: %s\n", srv, certFile, keyFile))
+	payload := randomPayload(64 << 10)
+	a, b := lab.Host("sa", 0), lab.Host("sb", 0)
+	for _, r := range []string{"sa", "sb"} {
+		lab.Router(r).BlockServerUDP(t)
+	}
+	t.Run("TCP", func(t *testing.T) {
+		r := connectPair(t, server, a, b, "0.0.0.0:0", payload, "--relay-ca", certFile)
+		if r.kind != "relay-tcp" {
+			t.Fatalf("path %q, want relay-tcp with UDP to the server blocked\n%s", r.kind, r.detail)
+		}
+	})
+	t.Run("TLS", func(t *testing.T) {
+		for _, r := range []string{"sa", "sb"} {
+			lab.Router(r).NFT(t, fmt.Sprintf("add rule inet rzlab cut ip daddr %s tcp dport 3478 drop", srv))
+		}
+		r := connectPair(t, server, a, b, "0.0.0.0:0", payload, "--relay-ca", certFile)
+		if r.kind != "relay-tls" {
+			t.Fatalf("path %q, want relay-tls with only TLS to the server open\n%s", r.kind, r.detail)
+		}
+	})
+}
+
+// writeSelfSigned writes a self-signed certificate for ip and its key.
+func writeSelfSigned(t *testing.T, dir string, ip netip.Addr) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		Subject:      pkix.Name{CommonName: "rendezvous lab relay"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP(ip.String())},
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(cryptorand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "relay.crt"), filepath.Join(dir, "relay.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// Acceptance (issue 7, 2): cutting the direct path mid-session moves traffic
+// to the relay within 3 s, a reliable stream carrying a checksummed byte
+// stream across both switches arrives complete and in order, and removing the
+// cut moves the session back to direct; both switches are `path` events.
+func TestConnectSurvivesDirectPathCut(t *testing.T) {
+	natlab.Require(t)
+	lab := natlab.New(t, natlab.Topology{Routers: []natlab.Router{
+		{Name: "pa", NAT: natlab.PortRestricted, Hosts: 1},
+		{Name: "pb", NAT: natlab.PortRestricted, Hosts: 1},
+	}})
+	server := labServer(t, lab)
+	ha, hb := lab.Host("pa", 0), lab.Host("pb", 0)
+	payload := randomPayload(3 << 20)
+	// IPv4 only: the cut below is an IPv4 rule (the lab also routes IPv6).
+	pa, outA := labConnect(t, ha, nil, "--server", server, "--create", "--listen", "0.0.0.0:0")
+	room := pa.waitEvent(t, "room", 20*time.Second)
+	pr, pw := io.Pipe()
+	pb, _ := labConnectFrom(t, hb, pr, "--server", server, "--room", room["code"].(string), "--listen", "0.0.0.0:0")
+	for _, p := range []*proc{pa, pb} {
+		if ev := p.waitEvent(t, "connected", 20*time.Second); ev["path"].(map[string]any)["kind"] != "direct" {
+			t.Fatalf("want a direct path first, got %v", ev)
+		}
+	}
+	third := len(payload) / 3
+	write := func(b []byte) {
+		t.Helper()
+		if _, err := pw.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(payload[:third])
+
+	isPath := func(kind func(string) bool) func(map[string]any) bool {
+		return func(l map[string]any) bool {
+			p, _ := l["path"].(map[string]any)
+			return l["event"] == "path" && p != nil && kind(fmt.Sprint(p["kind"]))
+		}
+	}
+	relayed := isPath(func(k string) bool { return strings.HasPrefix(k, "relay") })
+	direct := isPath(func(k string) bool { return k == "direct" })
+
+	cutAt := time.Now()
+	unblock := lab.Router("pa").Block(t, netip.PrefixFrom(lab.Router("pb").Public(), 32))
+	write(payload[third : 2*third]) // sent into the cut: QUIC retransmits it on the relay
+	var fallback []time.Duration
+	for _, p := range []*proc{pa, pb} {
+		ev := p.waitLine(t, "a switch to the relay", relayed, 10*time.Second)
+		at, err := time.Parse(time.RFC3339Nano, fmt.Sprint(ev["time"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		took := at.Sub(cutAt)
+		fallback = append(fallback, took)
+		if took > 3*time.Second {
+			t.Errorf("switch to the relay %v after the cut, want within 3 s: %v", took, ev)
+		}
+		if ev["reason"] == "" || ev["reason"] == nil {
+			t.Errorf("path event without a reason: %v", ev)
+		}
+	}
+	unblock()
+	for _, p := range []*proc{pa, pb} {
+		p.waitLine(t, "a switch back to direct", direct, 15*time.Second)
+	}
+	write(payload[2*third:])
+	pw.Close()
+	if err := pb.waitExit(t, 30*time.Second); err != nil {
+		t.Errorf("joiner: exit %v\n%s", err, pb.dump())
+	}
+	if err := pa.waitExit(t, 30*time.Second); err != nil {
+		t.Errorf("creator: exit %v\n%s", err, pa.dump())
+	}
+	if got := outA.Bytes(); sha256.Sum256(got) != sha256.Sum256(payload) {
+		t.Errorf("stream across the switches: %d bytes arrived, want %d intact and in order", len(got), len(payload))
+	}
+	t.Logf("fallback to relay after the cut: creator %v, joiner %v", fallback[0].Round(time.Millisecond), fallback[1].Round(time.Millisecond))
 }
