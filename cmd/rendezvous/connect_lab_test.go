@@ -3,10 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/ecdsa"
-	cryptorand "crypto/rand"
 	"crypto/elliptic"
+	cryptorand "crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
