@@ -55,7 +55,7 @@ func (f *serverConfigFlags) secrets(cfg config.Config) (turn, join []string, err
 	if err != nil {
 		return nil, nil, err
 	}
-	r, s, err := app.Effective(cfg, st)
+	r, s, err := app.Effective(cfg, st.ReadOnly())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -418,6 +418,16 @@ func TestCredsAndTokenUseTheServersSecrets(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(home, "rendezvous.yaml"), []byte("relay:\n  relay-address: 127.0.0.1\nsignaling:\n  open: false\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Before the server ever ran there is no secret: creds must say so, not make one.
+	if out, err := run(t, home, "creds", "--user", "alice"); err == nil || !strings.Contains(out, "start the server once") {
+		t.Fatalf("creds before any server start: %v %s", err, out)
+	}
+	first := startServe(t, home)
+	first.waitLog(t, "rendezvous ready", 20*time.Second)
+	first.cmd.Process.Signal(syscall.SIGTERM)
+	if err := first.waitExit(t, 11*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	out, err := run(t, home, "creds", "--user", "alice", "--ttl", "1h", "--json")
 	if err != nil {
 		t.Fatalf("creds: %v\n%s", err, out)

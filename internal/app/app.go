@@ -169,7 +169,7 @@ func New(cfg config.Config, opts Options) (*App, error) {
 
 // Effective fills in the secrets the config leaves empty with ones generated
 // once and kept in the state directory, so credentials survive restarts.
-func Effective(cfg config.Config, st *state.Dir) (relay.Config, signaling.Config, error) {
+func Effective(cfg config.Config, st state.Secrets) (relay.Config, signaling.Config, error) {
 	r, s := cfg.Relay, cfg.Signaling
 	if len(r.AuthSecrets) == 0 {
 		secret, err := st.Secret("turn-secret")

@@ -56,6 +56,26 @@ func Open(path string) (*Dir, error) {
 // Path is the directory's path.
 func (d *Dir) Path() string { return d.path }
 
+// Secrets hands out named secrets.
+type Secrets interface {
+	Secret(name string) (string, error)
+}
+
+// ReadOnly is the directory's secrets without generating missing ones: for
+// tools run beside the server (creds, token), which must never create a
+// secret the server then cannot read or would not use.
+func (d *Dir) ReadOnly() Secrets { return readOnly{d} }
+
+type readOnly struct{ d *Dir }
+
+func (r readOnly) Secret(name string) (string, error) {
+	p := filepath.Join(r.d.path, name)
+	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("no secret %s yet: start the server once so it generates it (or set it in the config), and run this as the server's user (e.g. sudo -u rendezvous)", p)
+	}
+	return r.d.Secret(name)
+}
+
 // Secret returns the named secret (32 random bytes, hex-encoded in the file
 // <dir>/<name>, mode 0600), generating and saving it on first use. A secret
 // file that others can read is refused: it would let them mint credentials.

@@ -89,3 +89,20 @@ func TestDefaultDirForRootIsTheServiceDir(t *testing.T) {
 		t.Errorf("DefaultDir = %q, want %q", got, want)
 	}
 }
+
+func TestReadOnlyNeverCreates(t *testing.T) {
+	d, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ReadOnly().Secret("turn-secret"); err == nil {
+		t.Fatal("ReadOnly returned a secret that does not exist")
+	}
+	if _, err := os.Stat(filepath.Join(d.Path(), "turn-secret")); !os.IsNotExist(err) {
+		t.Fatal("ReadOnly created the secret file")
+	}
+	want, _ := d.Secret("turn-secret")
+	if got, err := d.ReadOnly().Secret("turn-secret"); err != nil || got != want {
+		t.Fatalf("ReadOnly = %q, %v; want the existing %q", got, err, want)
+	}
+}
