@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -301,6 +302,9 @@ func (c *peerConn) enqueue(frame []byte) {
 
 func (c *peerConn) writeLoop() {
 	var batch [][]byte
+	// Let the goroutine that woke us finish its fan-out first: frames queued
+	// meanwhile share one write system call.
+	runtime.Gosched()
 	for {
 		c.mu.Lock()
 		if c.closed || len(c.queue) == 0 {
