@@ -88,6 +88,10 @@ func (c Config) Validate() error {
 	if c.Interval < 100*time.Millisecond || c.Interval > MaxWireInterval {
 		return fmt.Errorf("interval: %v out of range 100ms-1h", c.Interval)
 	}
+	if c.LANKey != "" && len(c.LANKey) < 8 {
+		// Every signed beacon lets an eavesdropper test guesses offline.
+		return fmt.Errorf("lan-key: %d characters, at least 8 (use a long random passphrase)", len(c.LANKey))
+	}
 	if c.MaxClockSkew < time.Second {
 		return fmt.Errorf("max-clock-skew: %v, at least 1s", c.MaxClockSkew)
 	}

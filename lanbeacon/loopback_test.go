@@ -303,15 +303,15 @@ func TestLoopbackWithoutKeyAcceptsUnauthenticated(t *testing.T) {
 
 func TestLoopbackAnnouncerSigns(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.LANKey = "k1"
+	cfg.LANKey = "key one!"
 	l := startListener(t, cfg, Options{})
 	// An announcer with another key is rejected; one with the key is taken.
 	acfg := loopbackConfig(l.addr)
-	acfg.LANKey = "k2"
+	acfg.LANKey = "key two!"
 	wrong, _ := NewAnnouncer(acfg, sampleAnnouncement(), Options{Network: newLoopbackNetwork()})
 	startAnnouncer(t, wrong)
 	waitFor(t, "wrong-key beacon", 5*time.Second, func() bool { return l.Stats().Forged > 0 })
-	acfg.LANKey = "k1"
+	acfg.LANKey = "key one!"
 	right, _ := NewAnnouncer(acfg, sampleAnnouncement(), Options{Network: newLoopbackNetwork()})
 	startAnnouncer(t, right)
 	ev := nextEvent(t, l.events, 5*time.Second)
@@ -412,6 +412,7 @@ func TestConfigValidate(t *testing.T) {
 		"interval:":       func(c *Config) { c.Interval = time.Millisecond },
 		"max-clock-skew:": func(c *Config) { c.MaxClockSkew = 0 },
 		"max-peers:":      func(c *Config) { c.MaxPeers = 0 },
+		"lan-key:":        func(c *Config) { c.LANKey = "short" },
 	} {
 		c := DefaultConfig()
 		mod(&c)
