@@ -254,11 +254,17 @@ func answerPings(c *websocket.Conn, onFrame func(client.Envelope, time.Time)) {
 }
 
 func answerPingsFast(c *websocket.Conn, onFrame func(client.Envelope, time.Time), onSignal func(int64, time.Time)) {
+	var buf bytes.Buffer
 	for {
-		_, b, err := c.Read(context.Background())
+		_, r, err := c.Reader(context.Background())
 		if err != nil {
 			return
 		}
+		buf.Reset()
+		if _, err := buf.ReadFrom(r); err != nil {
+			return
+		}
+		b := buf.Bytes()
 		now := time.Now()
 		if onFrame != nil && bytes.HasPrefix(b, []byte(`{"type":"signal"`)) {
 			// Fast path: the load generator must not be the bottleneck.
@@ -423,13 +429,15 @@ func loadBroadcast(url string, rooms, ipBase, perIP int, rate float64, dur time.
 			time.Sleep(time.Duration(i) * interval / time.Duration(len(all)))
 			t := time.NewTicker(interval)
 			defer t.Stop()
+			prefix := `{"type":"signal","data":{"room_id":"` + p.room + `","payload":{"t":`
+			var b []byte
 			for {
 				select {
 				case <-stop:
 					return
 				case <-t.C:
 				}
-				b := frame("signal", 0, map[string]any{"room_id": p.room, "payload": map[string]int64{"t": time.Now().UnixNano()}})
+				b = append(append(append(b[:0], prefix...), strconv.AppendInt(nil, time.Now().UnixNano(), 10)...), "}}}"...)
 				if err := p.c.Write(ctx, websocket.MessageText, b); err == nil && measuring.Load() {
 					sent.Add(1)
 				}
