@@ -43,6 +43,25 @@ func encodeFrame(typ string, rid uint64, body any) []byte {
 	return b
 }
 
+// encodeSignal builds a signal frame without reflection: it is the hot path
+// of room broadcast. from, to and roomID are ids the server issued or
+// validated (to matched a room member), so they need no escaping; payload was
+// validated by the JSON decoder.
+func encodeSignal(from, to, roomID string, payload json.RawMessage) []byte {
+	b := make([]byte, 0, 64+len(from)+len(to)+len(roomID)+len(payload))
+	b = append(b, `{"type":"signal","data":{"from":"`...)
+	b = append(b, from...)
+	if to != "" {
+		b = append(b, `","to":"`...)
+		b = append(b, to...)
+	}
+	b = append(b, `","room_id":"`...)
+	b = append(b, roomID...)
+	b = append(b, `","payload":`...)
+	b = append(b, payload...)
+	return append(b, "}}"...)
+}
+
 // peekRID extracts the rid of a frame that will not be fully handled.
 func peekRID(b []byte) uint64 {
 	var e struct {

@@ -2,6 +2,7 @@ package signaling
 
 import (
 	"encoding/json"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -89,6 +90,38 @@ func FuzzVerifyJoinToken(f *testing.F) {
 			if _, err := VerifyJoinToken([][]byte{secret}, again, now); err != nil {
 				t.Fatalf("accepted %q but its claims do not re-sign", tok)
 			}
+		}
+	})
+}
+
+// FuzzEncodeSignal checks the hand-built signal frame is the same JSON the
+// generic encoder produces, for any payload the decoder accepts.
+func FuzzEncodeSignal(f *testing.F) {
+	f.Add(`{"sdp":"v=0\r\n"}`, "p_abc", "r_1.x-y")
+	f.Add(`"\u2028 </script>"`, "p_x", "room")
+	f.Add(`[1, 2.5e3, null, true]`, "p_y", "r")
+	f.Fuzz(func(t *testing.T, payload, to, room string) {
+		if !json.Valid([]byte(payload)) || !roomIDRe.MatchString(room) || !roomIDRe.MatchString(to) {
+			return
+		}
+		got := encodeSignal("p_from", to, room, json.RawMessage(payload))
+		var a, b client.Signal
+		if err := json.Unmarshal(got, &struct {
+			Type string
+			Data *client.Signal
+		}{Data: &a}); err != nil {
+			t.Fatalf("invalid frame %s: %v", got, err)
+		}
+		want := encodeFrame(client.TypeSignal, 0, client.Signal{From: "p_from", To: to, RoomID: room, Payload: json.RawMessage(payload)})
+		json.Unmarshal(want, &struct {
+			Type string
+			Data *client.Signal
+		}{Data: &b})
+		var pa, pb any
+		json.Unmarshal(a.Payload, &pa)
+		json.Unmarshal(b.Payload, &pb)
+		if a.From != b.From || a.To != b.To || a.RoomID != b.RoomID || !reflect.DeepEqual(pa, pb) {
+			t.Fatalf("encodeSignal %s != encodeFrame %s", got, want)
 		}
 	})
 }

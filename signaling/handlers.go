@@ -575,7 +575,7 @@ func (s *Server) handleSignal(ctx context.Context, id string, rid uint64, b *cli
 		if err != nil || !r.HasMember(id) {
 			return errorf(client.CodeNotInRoom, "not a member of room %q", b.RoomID)
 		}
-		frame := encodeFrame(client.TypeSignal, 0, client.Signal{From: id, RoomID: r.ID, Payload: b.Payload})
+		frame := encodeSignal(id, "", r.ID, b.Payload)
 		n := s.broadcast(ctx, r, id, frame)
 		s.metrics.signals.Add(float64(n))
 		return nil
@@ -584,7 +584,7 @@ func (s *Server) handleSignal(ctx context.Context, id string, rid uint64, b *cli
 	if !ok {
 		return errorf(client.CodePeerNotFound, "peer %q is not in a room with you", truncate(b.To, 40))
 	}
-	frame := encodeFrame(client.TypeSignal, 0, client.Signal{From: id, To: b.To, RoomID: r.ID, Payload: b.Payload})
+	frame := encodeSignal(id, b.To, r.ID, b.Payload)
 	if !s.deliver(ctx, b.To, frame) {
 		return errorf(client.CodePeerNotFound, "peer %q is offline", truncate(b.To, 40))
 	}
