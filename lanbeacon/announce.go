@@ -9,7 +9,9 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +37,9 @@ type Announcer struct {
 	nudged  chan struct{}
 	ready   chan struct{}
 
-	rounds, nudgedRounds, nudgesLimited, sent, sendErrors, goodbyes atomic.Uint64
+	lastDests string // destinations of the last round (Run goroutine only)
+
+	rounds, nudgedRounds, nudgesLimited, interfaceRounds, sent, sendErrors, goodbyes atomic.Uint64
 }
 
 // AnnouncerStats are counters of an Announcer.
@@ -45,9 +49,12 @@ type AnnouncerStats struct {
 	// NudgesLimited counts nudges over the budget: not sent at once (deferred
 	// until the budget refills, or served by the regular round).
 	NudgesLimited uint64 `json:"nudges_limited"`
-	Sent          uint64 `json:"sent"`        // datagrams sent, goodbyes included
-	SendErrors    uint64 `json:"send_errors"` // datagrams the kernel refused (no route, interface gone)
-	Goodbyes      uint64 `json:"goodbyes"`    // goodbye datagrams sent
+	// InterfaceRounds counts rounds sent at once because the destinations
+	// changed (an interface or address appeared or went).
+	InterfaceRounds uint64 `json:"interface_rounds"`
+	Sent            uint64 `json:"sent"`        // datagrams sent, goodbyes included
+	SendErrors      uint64 `json:"send_errors"` // datagrams the kernel refused (no route, interface gone)
+	Goodbyes        uint64 `json:"goodbyes"`    // goodbye datagrams sent
 }
 
 // NewAnnouncer checks cfg and ann; it does no I/O.
@@ -105,7 +112,8 @@ func (a *Announcer) Update(ann Announcement) error {
 
 // Stats returns the counters.
 func (a *Announcer) Stats() AnnouncerStats {
-	return AnnouncerStats{Rounds: a.rounds.Load(), Nudged: a.nudgedRounds.Load(), NudgesLimited: a.nudgesLimited.Load(), Sent: a.sent.Load(), SendErrors: a.sendErrors.Load(), Goodbyes: a.goodbyes.Load()}
+	return AnnouncerStats{Rounds: a.rounds.Load(), Nudged: a.nudgedRounds.Load(), NudgesLimited: a.nudgesLimited.Load(),
+		InterfaceRounds: a.interfaceRounds.Load(), Sent: a.sent.Load(), SendErrors: a.sendErrors.Load(), Goodbyes: a.goodbyes.Load()}
 }
 
 // Run announces until ctx ends, then sends a goodbye and closes its sockets.
@@ -141,6 +149,9 @@ func (a *Announcer) Run(ctx context.Context) error {
 	// Nudged rounds: two at once, then one per interval, so a flood of
 	// spoofed "new peers" at most doubles the announcer's rate.
 	nudges := rate.NewLimiter(rate.Every(a.cfg.Interval), 2)
+	// Interfaces are polled (a netlink dump) at most once a second.
+	watch := time.NewTicker(min(max(a.cfg.Interval/4, 50*time.Millisecond), time.Second))
+	defer watch.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -148,6 +159,18 @@ func (a *Announcer) Run(ctx context.Context) error {
 			return nil
 		case <-timer.C:
 		case <-a.changed:
+		case <-watch.C:
+			// A new interface or address (Wi-Fi joined, cable plugged in):
+			// announce there at once rather than at the next round.
+			v4, v6 := a.destinations()
+			if destKey(v4, v6) == a.lastDests {
+				continue
+			}
+			a.interfaceRounds.Add(1)
+			a.roundTo(conn4, conn6, false, v4, v6)
+			next = time.Now().Add(a.nextWait())
+			timer.Reset(time.Until(next))
+			continue
 		case <-a.nudged:
 			if r := nudges.Reserve(); r.Delay() > 0 {
 				a.nudgesLimited.Add(1)
@@ -223,6 +246,16 @@ func (a *Announcer) destinations() (v4, v6 []netip.AddrPort) {
 	return v4, v6
 }
 
+// destKey identifies a destination set, to notice interface changes.
+func destKey(v4, v6 []netip.AddrPort) string {
+	var b strings.Builder
+	for _, d := range append(slices.Clip(v4), v6...) {
+		b.WriteString(d.String())
+		b.WriteByte(' ')
+	}
+	return b.String()
+}
+
 func containsAddrPort(s []netip.AddrPort, ap netip.AddrPort) bool {
 	for _, x := range s {
 		if x == ap {
@@ -236,11 +269,16 @@ func containsAddrPort(s []netip.AddrPort, ap netip.AddrPort) bool {
 // datagram is sealed on its own (fresh timestamp and nonce), so a listener
 // hearing one beacon over several paths never mistakes a copy for a replay.
 func (a *Announcer) round(conn4, conn6 net.PacketConn, goodbye bool) {
+	v4, v6 := a.destinations()
+	a.roundTo(conn4, conn6, goodbye, v4, v6)
+}
+
+func (a *Announcer) roundTo(conn4, conn6 net.PacketConn, goodbye bool, v4, v6 []netip.AddrPort) {
 	a.rounds.Add(1)
+	a.lastDests = destKey(v4, v6)
 	a.mu.Lock()
 	p := packet{Instance: a.id, Interval: a.cfg.Interval, Goodbye: goodbye, Announcement: a.ann}
 	a.mu.Unlock()
-	v4, v6 := a.destinations()
 	buf := make([]byte, 0, MaxPacketSize)
 	send := func(c net.PacketConn, dst netip.AddrPort) {
 		if c == nil {

@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
+	"time"
 )
 
 // fakeInterfaces lists interfaces and opens no sockets.
@@ -62,4 +64,77 @@ func strs(aps []netip.AddrPort) []string {
 		s = append(s, ap.String())
 	}
 	return s
+}
+
+// capturingNetwork records what an announcer would send; its sockets are
+// fakes that send nothing, so the destinations may be any address.
+type capturingNetwork struct {
+	mu   sync.Mutex
+	ifs  []Interface
+	sent []netip.AddrPort
+}
+
+func (n *capturingNetwork) ListenPacket(context.Context, string, string) (net.PacketConn, error) {
+	return &capturingConn{n: n, closed: make(chan struct{})}, nil
+}
+
+func (n *capturingNetwork) Interfaces() ([]Interface, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.ifs), nil
+}
+
+func (n *capturingNetwork) setInterfaces(ifs []Interface) {
+	n.mu.Lock()
+	n.ifs = ifs
+	n.mu.Unlock()
+}
+
+func (n *capturingNetwork) sentTo(ap netip.AddrPort) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Contains(n.sent, ap)
+}
+
+type capturingConn struct {
+	n         *capturingNetwork
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func (c *capturingConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	c.n.mu.Lock()
+	defer c.n.mu.Unlock()
+	c.n.sent = append(c.n.sent, addr.(*net.UDPAddr).AddrPort())
+	return len(b), nil
+}
+func (c *capturingConn) ReadFrom([]byte) (int, net.Addr, error) {
+	<-c.closed
+	return 0, nil, net.ErrClosed
+}
+func (c *capturingConn) Close() error                     { c.closeOnce.Do(func() { close(c.closed) }); return nil }
+func (c *capturingConn) LocalAddr() net.Addr              { return &net.UDPAddr{} }
+func (c *capturingConn) SetDeadline(time.Time) error      { return nil }
+func (c *capturingConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *capturingConn) SetWriteDeadline(time.Time) error { return nil }
+
+func TestAnnounceAtOnceOnNewInterface(t *testing.T) {
+	flags := net.FlagUp | net.FlagBroadcast
+	eth0 := Interface{Name: "eth0", Index: 2, Flags: flags, Addrs: []netip.Prefix{netip.MustParsePrefix("10.0.1.7/24")}}
+	nw := &capturingNetwork{ifs: []Interface{eth0}}
+	cfg := DefaultConfig()
+	cfg.Broadcast, cfg.Group6 = "", ""
+	cfg.Interval = 10 * time.Second // no regular round during the test
+	a, err := NewAnnouncer(cfg, sampleAnnouncement(), Options{Network: nw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAnnouncer(t, a)
+	waitFor(t, "the first round", 5*time.Second, func() bool { return nw.sentTo(netip.MustParseAddrPort("10.0.1.255:9999")) })
+	wlan0 := Interface{Name: "wlan0", Index: 3, Flags: flags, Addrs: []netip.Prefix{netip.MustParsePrefix("192.168.5.9/24")}}
+	nw.setInterfaces([]Interface{eth0, wlan0})
+	waitFor(t, "a round on the new interface", 5*time.Second, func() bool { return nw.sentTo(netip.MustParseAddrPort("192.168.5.255:9999")) })
+	if st := a.Stats(); st.Rounds != 2 || st.InterfaceRounds != 1 {
+		t.Fatalf("stats %+v", st)
+	}
 }

@@ -12,7 +12,8 @@
 //   - the IPv6 link-local multicast group ff02::1e52:5a42 port 9999 on every
 //     up, multicast-capable interface (Config.Group6).
 //
-// Rounds happen at once on start, at once on Update, then every 90-100% of
+// Rounds happen at once on start, at once on Update, at once when an
+// interface or address appears or goes, then every 90-100% of
 // Config.Interval (2 s); a goodbye round goes out when the announcer stops.
 // An application that also listens calls Announcer.Nudge on every Found
 // event, so a newcomer hears everyone at once (budgeted: a burst of two, then
