@@ -36,7 +36,7 @@ func labServer(t *testing.T, lab *natlab.Lab) string {
 
 // labServerRelay is labServer with more keys for the relay section
 // (indented lines, e.g. "  tls-listen: ...\n").
-func labServerRelay(t *testing.T, lab *natlab.Lab, relayYAML string) string {
+func labServerRelay(t testing.TB, lab *natlab.Lab, relayYAML string) string {
 	t.Helper()
 	srv := lab.Server()
 	dir := t.TempDir()
@@ -47,9 +47,8 @@ func labServerRelay(t *testing.T, lab *natlab.Lab, relayYAML string) string {
 	}
 	cmd := srv.Command(context.Background(), binary, "serve", "--config", cfgPath, "--state-dir", filepath.Join(dir, "state"),
 		"--http-listen", srv.Addr().String()+":8080", "--relay-listen", srv.Addr().String()+":3478", "--log-format", "json")
-	p := watch(t, cmd)
-	t.Cleanup(func() { killGroup(cmd) })
-	p.waitLog(t, "rendezvous ready", 20*time.Second)
+	p := watchTB(t, cmd)
+	p.nthLine(t, "msg=rendezvous ready", 1, func(l map[string]any) bool { return l["msg"] == "rendezvous ready" }, 20*time.Second)
 	return "http://" + srv.Addr().String() + ":8080"
 }
 

@@ -47,12 +47,10 @@ func udpEcho(t *testing.T, h *natlab.Host) (int, func() map[string]bool) {
 	}
 }
 
-func labTunnel(t *testing.T, h *natlab.Host, args ...string) *proc {
-	t.Helper()
-	cmd := h.Command(context.Background(), binary, append([]string{"tunnel", "--json", "--timeout", "40s", "--stats-every", "500ms", "--name", h.String()}, args...)...)
-	p := watch(t, cmd)
-	t.Cleanup(func() { killGroup(cmd) })
-	return p
+func labTunnel(tb testing.TB, h *natlab.Host, args ...string) *proc {
+	tb.Helper()
+	cmd := h.Command(context.Background(), binary, append([]string{"tunnel", "--json", "--timeout", "60s", "--stats-every", "500ms", "--name", h.String()}, args...)...)
+	return watchTB(tb, cmd)
 }
 
 // echoThrough sends datagrams from h's loopback to the tunnel's local port
