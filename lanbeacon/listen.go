@@ -242,7 +242,7 @@ func (l *Listener) Run(ctx context.Context) error {
 	addr4 := net.JoinHostPort("0.0.0.0", strconv.Itoa(l.cfg.Port))
 	c4, err := nw.ListenPacket(ctx, "udp4", addr4)
 	if err != nil {
-		return netx.BindError("udp", addr4, "", err)
+		return netx.BindError("udp", addr4, "a program holding the port without SO_REUSEPORT", err)
 	}
 	conns := []net.PacketConn{c4}
 	var c6 net.PacketConn
@@ -262,8 +262,6 @@ func (l *Listener) Run(ctx context.Context) error {
 			}
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
 	defer func() {
 		for _, c := range conns {
