@@ -177,6 +177,9 @@ func parseTURNURL(raw string) (relayTransport, string, error) {
 			hostport = net.JoinHostPort(strings.Trim(hostport, "[]"), "3478")
 		}
 	}
+	if host, _, err := net.SplitHostPort(hostport); err != nil || host == "" {
+		return 0, "", fmt.Errorf("punch: bad host in TURN URL %q", raw)
+	}
 	switch {
 	case scheme == "turn" && (transport == "" || transport == "udp"):
 		return relayUDP, hostport, nil
