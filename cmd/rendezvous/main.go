@@ -27,7 +27,7 @@ and relays their traffic (standard TURN) when punching fails.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newConnectCmd(), newTunnelCmd(), newCredsCmd(), newTokenCmd(), newNATCheckCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newConnectCmd(), newTunnelCmd(), newCredsCmd(), newTokenCmd(), newNATCheckCmd(), newBeaconCmd(), newVersionCmd())
 	addCompletionExamples(root)
 	return root
 }

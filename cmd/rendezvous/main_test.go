@@ -71,6 +71,25 @@ func watch(t *testing.T, cmd *exec.Cmd) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return watchPipe(t, cmd, stderr)
+}
+
+// watchStdout is watch for a command that prints its JSON lines on stdout.
+func watchStdout(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return watchPipe(t, cmd, stdout)
+}
+
+func watchPipe(t *testing.T, cmd *exec.Cmd, stderr io.ReadCloser) *proc {
+	t.Helper()
+	var err error
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
