@@ -189,7 +189,11 @@ event per line instead (found, updated, gone, expired).`,
 					fmt.Fprint(out, "\x1b[H\x1b[2J") // home, clear screen
 					fmt.Fprintf(out, "LAN games on port %d (Ctrl-C to stop)\n\n", cfg.Port)
 				}
-				lanbeacon.WriteTable(out, l.Table(), time.Now())
+				table := l.Table()
+				lanbeacon.WriteTable(out, table, time.Now())
+				if live && len(table) == 0 {
+					fmt.Fprintln(out, "\n(no games heard yet: announcers must be on this network, not behind another router)")
+				}
 				if !live {
 					fmt.Fprintln(out)
 				}
