@@ -343,3 +343,67 @@ func FuzzParseTURNURL(f *testing.F) {
 		}
 	})
 }
+
+// The lower rungs: a relayed session whose UDP way to the TURN server breaks
+// (a network that starts dropping UDP) steps down to its TURN-over-TCP
+// allocation and its stream goes on.
+func TestLadderStepsDownToRelayOverTCP(t *testing.T) {
+	r := startTestRelay(t)
+	var turnSockets []*cuttable
+	opts := RelayOptions{RootCAs: r.ca, ListenPacket: func(ctx context.Context, network, addr string) (net.PacketConn, error) {
+		c, err := net.ListenPacket(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		cc := &cuttable{PacketConn: c}
+		turnSockets = append(turnSockets, cc) // AllocateRelays runs one UDP allocation per call
+		return cc, nil
+	}}
+	peer := func() (*Endpoint, []Candidate) {
+		conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &cuttable{PacketConn: conn}
+		c.cut.Store(true) // no direct path
+		id, _ := NewIdentity()
+		e, err := NewEndpoint(c, id, testConfig(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		rc, err := e.AllocateRelays(ctx, r.servers[:2], opts)
+		if err != nil || len(rc) != 2 {
+			t.Fatalf("allocations: %v %v", rc, err)
+		}
+		return e, append([]Candidate{{Addr: e.LocalAddr(), Kind: Host}}, rc...)
+	}
+	a, ca := peer()
+	b, cb := peer()
+	sa, sb := connectWith(t, a, b, ca, cb)
+	if sa.Path().Kind != RelayUDP || sb.Path().Kind != RelayUDP {
+		t.Fatalf("want relay-udp first, got %s / %s", sa.Path().Kind, sb.Path().Kind)
+	}
+	for _, c := range turnSockets {
+		c.cut.Store(true)
+	}
+	for _, s := range []*Session{sa, sb} {
+		tm := time.NewTimer(5 * time.Second)
+	wait:
+		for {
+			select {
+			case ev := <-s.PathEvents():
+				if ev.Path.Kind == RelayTCP {
+					t.Logf("stepped down to relay-tcp: %s", ev.Reason)
+					break wait
+				}
+			case <-tm.C:
+				t.Fatalf("no step down to relay-tcp within 5s (path %+v)", s.Path())
+			}
+		}
+		tm.Stop()
+	}
+	echoStream(t, sa, sb, bytes.Repeat([]byte("over tcp "), 32<<10))
+}
