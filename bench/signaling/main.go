@@ -694,9 +694,13 @@ func drive(peers int, profile, only, rates string, write bool) {
 	if only != "idle" {
 		pf("Room broadcast: 100 rooms x 10 peers (two load processes x 50 rooms), every peer sends `signal` to its room at a fixed rate;\n")
 		pf("latency from the sender's timestamp to each receiver's read (same clock), 10 s after a 2 s warm-up.\n\n")
-		pf("| offered deliveries/s | delivered/s | P50 | P99 | server CPU (cores) | goal ≥ 128,400/s, P99 < 41 ms |\n|---|---|---|---|---|---|\n")
+		pf("| offered deliveries/s | delivered/s | P50 | P99 | server CPU (cores) | goal |\n|---|---|---|---|---|---|\n")
 		for _, r := range bc {
-			pf("| %.0f | %.0f | %.1f ms | %.1f ms | %.2f | %s |\n", r.target, r.perSec, r.p50, r.p99, r.serverCPU, meets(r.perSec >= 128400 && r.p99 < 41))
+			goal := "P99 < 41 ms: " + meets(r.p99 < 41)
+			if r.target >= 128400 {
+				goal = "≥ 128,400/s with P99 < 41 ms: " + meets(r.perSec >= 128400 && r.p99 < 41)
+			}
+			pf("| %.0f | %.0f | %.1f ms | %.1f ms | %.2f | %s |\n", r.target, r.perSec, r.p50, r.p99, r.serverCPU, goal)
 		}
 		if top != "" {
 			pf("\nServer CPU profile during the first broadcast run (`go tool pprof -top -cum`, first lines):\n\n```\n%s```\n", top)
