@@ -76,7 +76,9 @@ type attempt struct {
 	lastIn      route // where the newest QUIC packet came from
 	hasLastIn   bool
 	activeSince time.Time
-	live        bool // a session runs: the ladder switches paths
+	steppedUpAt time.Time     // the last step up (flap damping)
+	stepUpWait  time.Duration // the current step-up hysteresis
+	live        bool          // a session runs: the ladder switches paths
 	pathEvents  chan PathEvent
 
 	won      chan win // verified paths, first first
@@ -235,7 +237,7 @@ func (e *Endpoint) handleProbe(b []byte, src route) {
 		if ok && pp.to == src {
 			delete(a.pending, p.txid)
 			if ps := a.paths[src]; ps != nil {
-				ps.recordPong(p.txid, pp.sent, now)
+				ps.recordPong(p.txid, pp.sent, now, e.cfg.Ladder.StaleAfter)
 			}
 			a.evaluateLocked(e, now)
 		}
@@ -406,6 +408,16 @@ punching:
 		if a.active == nil {
 			a.active = &pathState{route: a.lastIn}
 			a.paths[a.lastIn] = a.active
+		}
+		// Among relayed paths the rung is ours to choose (it is how we reach
+		// our own allocation): take our best one that answered.
+		if a.active.kind() != Direct {
+			now := time.Now()
+			for _, p := range a.paths {
+				if ok, _ := p.health(now, e.cfg.Ladder); ok && p.kind() != Direct && better(p, a.active) {
+					a.active = p
+				}
+			}
 		}
 	}
 	a.activeSince = time.Now()

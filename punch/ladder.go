@@ -17,8 +17,9 @@ import (
 //   - step down when the active path's newest echo is older than StaleAfter
 //     (default 1.5 s) or more than MaxLoss (30 %) of the last pings on it went
 //     unanswered: direct → relay over UDP → relay over TCP → relay over TLS;
-//   - step up when a better path has answered every ping for StepUpAfter
-//     (default 2 s): hysteresis, so a flaky direct path does not flap.
+//   - step up when a better path has been healthy for StepUpAfter (default
+//     2 s): hysteresis, so a flaky direct path does not flap; leaving a path
+//     within 30 s of stepping up to it doubles that wait (up to 8×).
 //
 // Packets arriving on any path of the session are accepted, so both sides
 // need not agree on the path; quic-go sees one stable virtual address
@@ -127,7 +128,18 @@ func (p *pathState) recordPing(txid [12]byte, sent time.Time, n int) {
 	}
 }
 
-func (p *pathState) recordPong(txid [12]byte, sent, now time.Time) {
+func (p *pathState) recordPong(txid [12]byte, sent, now time.Time, staleAfter time.Duration) {
+	if p.verified && sent.Sub(p.lastEcho) > staleAfter {
+		// The path is back after an outage: judge its loss from now on, not
+		// by the pings the outage swallowed.
+		keep := p.window[:0]
+		for _, r := range p.window {
+			if !r.sent.Before(sent) {
+				keep = append(keep, r)
+			}
+		}
+		p.window = keep
+	}
 	for i := range p.window {
 		if p.window[i].txid == txid {
 			p.window[i].answered = true
@@ -208,24 +220,50 @@ func (a *attempt) evaluateLocked(e *Endpoint, now time.Time) {
 	}
 	switch {
 	case a.active == nil:
-		a.switchLocked(e, best, "first path")
+		a.switchLocked(e, best, "first path", now)
 	case !a.active.verified && now.Sub(a.activeSince) < cfg.StaleAfter:
 		// The path the peer's handshake came in on, not yet answered to
 		// our own pings: give it the time a live path gets.
 	default:
 		if ok, why := a.active.health(now, cfg); !ok {
-			a.switchLocked(e, best, why)
+			a.switchLocked(e, best, why, now)
 			return
 		}
 		// Step up only to a strictly better rung that stayed healthy.
-		if best.kind().rank() < a.active.kind().rank() && now.Sub(best.healthySince) >= cfg.StepUpAfter {
-			a.switchLocked(e, best, fmt.Sprintf("%s healthy for %v", best.kind(), cfg.StepUpAfter))
+		wait := a.stepUpAfter(cfg)
+		if best.kind().rank() < a.active.kind().rank() && now.Sub(best.healthySince) >= wait {
+			a.switchLocked(e, best, fmt.Sprintf("%s healthy for %v", best.kind(), wait), now)
 		}
 	}
 }
 
-func (a *attempt) switchLocked(e *Endpoint, to *pathState, reason string) {
-	ev := PathEvent{Path: e.pathOf(to), Reason: reason, Time: time.Now()}
+// flapWindow: leaving a path within this long of stepping up to it counts
+// as a flap, and doubles the time the next step up waits (up to maxStepUp×).
+const (
+	flapWindow = 30 * time.Second
+	maxStepUp  = 8
+)
+
+func (a *attempt) stepUpAfter(cfg LadderConfig) time.Duration {
+	if a.stepUpWait < cfg.StepUpAfter {
+		return cfg.StepUpAfter
+	}
+	return a.stepUpWait
+}
+
+func (a *attempt) switchLocked(e *Endpoint, to *pathState, reason string, now time.Time) {
+	cfg := e.cfg.Ladder
+	if a.active != nil {
+		switch up := to.kind().rank() < a.active.kind().rank(); {
+		case up:
+			a.steppedUpAt = now
+		case now.Sub(a.steppedUpAt) < flapWindow:
+			a.stepUpWait = min(2*a.stepUpAfter(cfg), maxStepUp*cfg.StepUpAfter)
+		default:
+			a.stepUpWait = cfg.StepUpAfter
+		}
+	}
+	ev := PathEvent{Path: e.pathOf(to), Reason: reason, Time: now}
 	if a.active != nil {
 		from := e.pathOf(a.active)
 		ev.From = &from

@@ -49,7 +49,7 @@ func udpEcho(t *testing.T, h *natlab.Host) (int, func() map[string]bool) {
 
 func labTunnel(tb testing.TB, h *natlab.Host, args ...string) *proc {
 	tb.Helper()
-	cmd := h.Command(context.Background(), binary, append([]string{"tunnel", "--json", "--timeout", "60s", "--stats-every", "500ms", "--name", h.String()}, args...)...)
+	cmd := h.Command(context.Background(), binary, append([]string{"tunnel", "--json", "--timeout", "120s", "--stats-every", "500ms", "--name", h.String()}, args...)...)
 	return watchTB(tb, cmd)
 }
 
