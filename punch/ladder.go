@@ -99,10 +99,10 @@ func DefaultLadder() LadderConfig {
 
 // PathEvent is a switch of the path a session sends on.
 type PathEvent struct {
-	Path   Path   `json:"path"`
-	From   *Path  `json:"from,omitempty"`
-	Reason string `json:"reason"`
-	Time   time.Time
+	Path   Path      `json:"path"`
+	From   *Path     `json:"from,omitempty"`
+	Reason string    `json:"reason"`
+	Time   time.Time `json:"time"`
 }
 
 type pingRecord struct {

@@ -54,24 +54,32 @@ func (c *virtualConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		c.mu.Lock()
 		dl, wake := c.deadline, c.wake
 		c.mu.Unlock()
+		var timer *time.Timer
 		var timeout <-chan time.Time
 		if !dl.IsZero() {
 			d := time.Until(dl)
 			if d <= 0 {
 				return 0, nil, os.ErrDeadlineExceeded
 			}
-			t := time.NewTimer(d)
-			timeout = t.C
-			defer t.Stop()
+			timer = time.NewTimer(d)
+			timeout = timer.C
+		}
+		stop := func() {
+			if timer != nil {
+				timer.Stop()
+			}
 		}
 		select {
 		case pk := <-c.in:
+			stop()
 			return copy(p, pk.b), pk.from, nil
 		case <-c.closed:
+			stop()
 			return 0, nil, net.ErrClosed
 		case <-timeout:
 			return 0, nil, os.ErrDeadlineExceeded
-		case <-wake:
+		case <-wake: // the deadline moved: wait again with the new one
+			stop()
 		}
 	}
 }
@@ -114,10 +122,11 @@ func (c *virtualConn) SetReadDeadline(t time.Time) error {
 
 func (c *virtualConn) SetWriteDeadline(time.Time) error { return nil }
 
-// virtualPrefix is where virtual peer addresses live: a ULA prefix (fd00::/8
-// is never routed on the internet), port 9 (discard).
 var virtualCounter atomic.Uint32
 
+// newVirtualAddr makes a session's virtual peer address: in a ULA prefix
+// (fd00::/8 is never routed on the internet), port 9 (discard). It never
+// leaves the process: virtualConn maps it to the session's active path.
 func newVirtualAddr() netip.AddrPort {
 	var b [16]byte
 	b[0], b[1], b[2], b[3] = 0xfd, 0x72, 0x7a, 0x76 // "rzv"
