@@ -92,6 +92,9 @@ stderr (with --json as {"event":"stats",...} lines, beside the events of connect
 	return cmd
 }
 
+// redialAfter is the pause before a joiner asks for a new session with the host.
+const redialAfter = 3 * time.Second
+
 // parseUDPFlag reads udp:HOST:PORT.
 func parseUDPFlag(name, v string) (*net.UDPAddr, error) {
 	hp, ok := strings.CutPrefix(v, "udp:")
@@ -217,11 +220,51 @@ func runTunnel(ctx context.Context, f tunnelFlags, stderr io.Writer) error {
 			}
 		}()
 	}
+	// A joiner is never left without the host: when the session ends or a
+	// connect fails, it asks signaling for a new connect, every few seconds
+	// until a session is up again.
+	redialReq := make(chan struct{}, 1)
+	redial := func() {
+		select {
+		case redialReq <- struct{}{}:
+		default:
+		}
+	}
+	if game != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-redialReq:
+				case <-ctx.Done():
+					return
+				}
+				t := time.NewTimer(redialAfter)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return
+				}
+				if hostSession.Load() != nil {
+					continue
+				}
+				if _, err := agent.Signaling().Connect(ctx, client.Connect{PeerID: joined.Room.Host}); err != nil && ctx.Err() == nil {
+					printer.print(punch.AgentEvent{Event: "warning", Error: "reconnecting to the host: " + err.Error(), Time: time.Now()})
+					redial()
+				}
+			}
+		}()
+	}
 	last := time.Now()
 	for {
 		select {
 		case e := <-agent.Events():
 			printer.print(e)
+			if game != nil && e.Event == "failed" && e.PeerID == joined.Room.Host {
+				redial() // the punch (or the relay) failed: ask again
+			}
 		case ps := <-agent.Sessions():
 			if game != nil && ps.PeerID != joined.Room.Host {
 				ps.Session.Close() // a joiner talks to the host only
@@ -244,6 +287,10 @@ func runTunnel(ctx context.Context, f tunnelFlags, stderr io.Writer) error {
 							game.WriteTo(b, a)
 						}
 					})
+					if ctx.Err() == nil && hostSession.CompareAndSwap(tp, nil) {
+						printer.print(punch.AgentEvent{Event: "warning", PeerID: tp.id, PeerName: tp.name, Error: fmt.Sprintf("session with the host ended (%v); reconnecting", tp.s.Err()), Time: time.Now()})
+						redial()
+					}
 				}()
 			} else {
 				go func() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"testing"
@@ -133,4 +134,30 @@ func TestTunnelCarriesUDP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A joiner is not left unconnected: when its connect to the host fails (here
+// the direct path is blocked and relaying is off), it asks again until a
+// session is up, and the game's packets flow once the path opens.
+func TestTunnelJoinerRetriesTheHost(t *testing.T) {
+	natlab.Require(t)
+	lab := natlab.New(t, natlab.Topology{Routers: []natlab.Router{
+		{Name: "ha", NAT: natlab.FullCone, Hosts: 1},
+		{Name: "hb", NAT: natlab.FullCone, Hosts: 1},
+	}})
+	server := labServer(t, lab)
+	host, join := lab.Host("ha", 0), lab.Host("hb", 0)
+	gamePort, _ := udpEcho(t, host)
+	unblock := lab.Router("ha").Block(t, netip.PrefixFrom(lab.Router("hb").Public(), 32))
+	ph := labTunnel(t, host, "--server", server, "--create", "--no-relay", "--forward", "udp:127.0.0.1:"+strconv.Itoa(gamePort), "--peer-listen", "0.0.0.0:0")
+	code := ph.waitEvent(t, "room", 20*time.Second)["code"].(string)
+	const listenPort = 47000
+	pj := labTunnel(t, join, "--server", server, "--room", code, "--no-relay", "--listen", "udp:127.0.0.1:"+strconv.Itoa(listenPort), "--peer-listen", "0.0.0.0:0")
+	pj.waitEvent(t, "failed", 20*time.Second)
+	unblock()
+	ev := pj.waitEvent(t, "connected", 20*time.Second)
+	if kind := ev["path"].(map[string]any)["kind"]; kind != "direct" {
+		t.Fatalf("after the retry: path %v, want direct", kind)
+	}
+	echoThrough(t, join, listenPort, "after a retry")
 }
