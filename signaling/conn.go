@@ -406,6 +406,12 @@ func (c *peerConn) heartbeat() {
 		c.fail("", "missed heartbeats", "timeout")
 		return
 	}
+	if c.peerID == "" && c.pingSeq >= uint64(cfg.MissedPings) {
+		// A connection that answers pings but never registers only holds a slot.
+		c.mu.Unlock()
+		c.fail(client.CodeNotRegistered, "no register in time", "unregistered")
+		return
+	}
 	c.pingSeq++
 	c.pingSent = c.s.now()
 	ping := client.Ping{Seq: c.pingSeq, ServerTime: c.pingSent.UnixMilli(), RTTMS: float64(c.rtt.Microseconds()) / 1000}

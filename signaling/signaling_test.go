@@ -592,3 +592,15 @@ func TestRunReadyAndStop(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestUnregisteredConnectionClosed(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PingInterval = 20 * time.Millisecond
+	ts := startServer(t, cfg)
+	idle := mustRaw(t, ts.WS) // answers pings, never registers
+	err := idle.waitClosed()
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusPolicyViolation || ce.Reason != client.CodeNotRegistered {
+		t.Fatalf("close = %v, want 1008 not_registered", err)
+	}
+}
