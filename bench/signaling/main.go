@@ -682,6 +682,10 @@ func drive(peers int, profile, only, rates string, write bool) {
 	pf("The reference column is coder/websocket used as its README shows (handler goroutine blocked in Read), measured in the same run.\n")
 	pf("%s; load average at start %s.\n\n", benchdoc.Machine(), loadavg())
 	if only != "broadcast" {
+		pf("Where an idle peer's memory goes: coder/websocket v1.8.15 needs one goroutine per connection (the reader; its read and write\n")
+		pf("timeouts use context.AfterFunc, no timeout goroutine). The server swaps net/http's 4 KiB read and 4 KiB write buffers for 512-byte\n")
+		pf("ones at hijack, returns from the handler so net/http's connection goroutine (and its grown stack) exits and reads on a fresh\n")
+		pf("goroutine, runs a writer goroutine only while a peer's send queue is non-empty, and arms heartbeats as runtime timers.\n\n")
 		pf("| %d idle peers | signaling | bare coder/websocket | ratio | goal |\n|---|---|---|---|---|\n", ours.peers)
 		pf("| Go heap+stack per peer | %s | %s | %.2f | ≤ 16 KiB: %s |\n", kib(ours.goPerPeer), kib(bare.goPerPeer), ours.goPerPeer/bare.goPerPeer, meets(ours.goPerPeer <= 16<<10))
 		pf("| RSS per peer | %s | %s | %.2f | |\n", kib(ours.rssPerPeer), kib(bare.rssPerPeer), ours.rssPerPeer/bare.rssPerPeer)
