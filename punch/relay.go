@@ -153,12 +153,36 @@ func (e *Endpoint) AllocateRelays(ctx context.Context, servers []RelayServer, op
 		for _, a := range got {
 			if a.transport == tr {
 				cands = append(cands, Candidate{Addr: a.relayed, Kind: Relayed})
-				e.done.Add(1)
+				e.done.Add(2)
 				go e.relayReadLoop(a)
+				go e.relayKeepAlive(a)
 			}
 		}
 	}
 	return cands, nil
+}
+
+// relayKeepAliveEvery keeps the NAT mapping (or TCP connection) between a
+// TURN client and the server open while no session sends through it: pion
+// refreshes an allocation only every few minutes, and a NAT that forgot the
+// mapping in between would present the refresh from a new 5-tuple, which the
+// server rejects (RFC 8656 ties an allocation to its 5-tuple).
+const relayKeepAliveEvery = 15 * time.Second
+
+func (e *Endpoint) relayKeepAlive(a *allocation) {
+	defer e.done.Done()
+	t := time.NewTicker(relayKeepAliveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-t.C:
+			if _, err := a.client.SendBindingRequest(); err != nil {
+				e.log.Debug("TURN keepalive", "server", a.server, "err", err)
+			}
+		}
+	}
 }
 
 // parseTURNURL reads turn:host:port?transport=udp|tcp and turns:host:port.
