@@ -1,5 +1,6 @@
 // Package punch is the peer side of rendezvous: it punches a direct UDP path
-// to another peer through NATs and runs an encrypted QUIC session over it.
+// to another peer through NATs, relays through TURN when it cannot, and runs
+// an encrypted QUIC session over whichever path works best at the moment.
 //
 // One UDP socket carries STUN to learn the server-reflexive address, signed
 // punch probes, and the QUIC session; TURN allocations (each on a socket of
@@ -17,6 +18,15 @@
 // peer answers one of our own fresh pings, so a third party can neither forge
 // nor replay its way onto the path. The peer with the lesser key then dials
 // QUIC; both sides pin each other's key in the TLS handshake.
+//
+// With TURN allocations (Endpoint.AllocateRelays; the Agent makes them from
+// the ICE servers signaling hands out and offers the relayed addresses as
+// "relay" candidates), relayed paths are probed alongside the direct ones:
+// each peer sends through its own allocation to the other's relayed address.
+// If only a relayed path answered, the session starts on it after a short
+// grace for a direct one, and the ladder (ladder.go) moves it to direct when
+// that answers; it also steps a session down (direct → relay over UDP → TCP →
+// TLS) when its path stops echoing pings.
 package punch
 
 import (
