@@ -3,7 +3,7 @@
 # As root on a fresh Debian/Ubuntu machine it first installs what the tests need
 # (the NAT lab needs ip, nft and tc; the relay interop test coturn; the
 # signaling cross-language test node and npm; the packaging tests
-# systemd-analyze, strace and rpm). Installing here, once, keeps test packages
+# systemd-analyze, strace and rpm; the scale-out tests nats-server). Installing here, once, keeps test packages
 # that run in parallel from fighting over the dpkg lock. Elsewhere, tests that need those
 # skip with a clear message (under CI=true a skip is a failure).
 set -euo pipefail
@@ -19,6 +19,7 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v rpm >/dev/null 2>&1 || need+=(rpm)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing test dependencies: ${need[*]}"
