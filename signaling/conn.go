@@ -216,10 +216,6 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		reject(authErr)
 		return
 	}
-	if s.closing.Load() {
-		reject(errorf(client.CodeServerShutdown, "server is shutting down"))
-		return
-	}
 	c := &peerConn{
 		s:       s,
 		ws:      ws,
@@ -230,6 +226,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		cfgGen:  cfg.gen,
 	}
 	s.mu.Lock()
+	// Checked under s.mu: Run sets closing before it snapshots s.conns, so a
+	// connection is either refused here or closed by Run.
+	if s.closing.Load() {
+		s.mu.Unlock()
+		reject(errorf(client.CodeServerShutdown, "server is shutting down"))
+		return
+	}
 	if s.perIP[ip] >= cfg.MaxConnsPerIP {
 		s.mu.Unlock()
 		reject(errorf(client.CodeTooManyConnections, "this address already has %d connections (max-conns-per-ip)", cfg.MaxConnsPerIP))

@@ -188,6 +188,9 @@ func (s *Server) Reload(cfg Config) error {
 
 func (s *Server) config() *runtimeConfig { return s.cfg.Load() }
 
+// shutdownGrace bounds how long Run waits for peers to answer the close handshake.
+const shutdownGrace = 2 * time.Second
+
 // Run serves until ctx ends, then closes every WebSocket with status 1001
 // (going away) and returns.
 func (s *Server) Run(ctx context.Context) error {
@@ -200,18 +203,33 @@ func (s *Server) Run(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	// Close handshakes run in parallel; peers that do not answer within
+	// shutdownGrace are cut so a stop never waits on them.
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 256)
-	for _, c := range conns {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c.shutdown()
-		}()
+	sem := make(chan struct{}, 1024)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for _, c := range conns {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				c.shutdown()
+			}()
+		}
+	}()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		for _, c := range conns {
+			c.ws.CloseNow()
+		}
+		<-done
 	}
-	wg.Wait()
 	s.roomTimers.Range(func(k, v any) bool {
 		v.(*time.Timer).Stop()
 		return true
