@@ -27,15 +27,18 @@ func newSession(e *Endpoint, a *attempt, qc *quic.Conn) *Session {
 	return s
 }
 
-// keepPaths pings every path of the session while it lives: each PingEvery
-// the paths that answered before, each fourth round every candidate too (so
-// a direct path that opens late, or comes back, is found), and runs the
-// ladder.
+// keepPaths pings the paths of the session while it lives and runs the
+// ladder after each round. Every PingEvery: the active path and the verified
+// paths above it (a step up needs them continuously healthy); every second
+// round the other verified paths (the fallbacks: at 500 ms their newest echo
+// stays well inside StaleAfter); every fourth round every candidate (a direct
+// path that opens late, or comes back after an outage, is found).
 func (s *Session) keepPaths() {
 	e, a := s.e, s.a
 	t := time.NewTicker(e.cfg.Ladder.PingEvery)
 	defer t.Stop()
-	for round := 1; ; round++ {
+	round := 0
+	for {
 		select {
 		case <-s.qc.Context().Done():
 			return
@@ -44,19 +47,23 @@ func (s *Session) keepPaths() {
 		case r := <-a.learned:
 			e.sendPing(a, r)
 		case <-t.C:
+			round++
 			a.mu.Lock()
-			var routes []route
+			due := map[route]bool{}
 			if round%4 == 0 {
-				routes = append(routes, a.targets...)
-			} else {
-				for r, p := range a.paths {
-					if p.verified {
-						routes = append(routes, r)
-					}
+				for _, r := range a.targets {
+					due[r] = true
+				}
+			}
+			for r, p := range a.paths {
+				switch {
+				case !p.verified:
+				case p == a.active, a.active == nil, better(p, a.active) && p.kind() != a.active.kind(), round%2 == 0:
+					due[r] = true
 				}
 			}
 			a.mu.Unlock()
-			for _, r := range routes {
+			for r := range due {
 				e.sendPing(a, r)
 			}
 			a.mu.Lock()
