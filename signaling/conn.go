@@ -415,10 +415,29 @@ func (c *peerConn) heartbeat() {
 		c.fail(client.CodeNotRegistered, "no register in time", "unregistered")
 		return
 	}
+	ping := c.nextPingLocked()
+	c.timer.Reset(cfg.PingInterval)
+	c.mu.Unlock()
+	c.enqueue(encodeFrame(client.TypePing, 0, ping))
+}
+
+// nextPingLocked numbers and timestamps the next ping. c.mu is held.
+func (c *peerConn) nextPingLocked() client.Ping {
 	c.pingSeq++
 	c.pingSent = c.s.now()
-	ping := client.Ping{Seq: c.pingSeq, ServerTime: c.pingSent.UnixMilli(), RTTMS: float64(c.rtt.Microseconds()) / 1000}
-	c.timer.Reset(cfg.PingInterval)
+	return client.Ping{Seq: c.pingSeq, ServerTime: c.pingSent.UnixMilli(), RTTMS: float64(c.rtt.Microseconds()) / 1000}
+}
+
+// measureRTT pings at once (right after register), so the first punch
+// schedule uses a measured round trip instead of a guess: the heartbeat
+// would measure it only a ping interval later.
+func (c *peerConn) measureRTT() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	ping := c.nextPingLocked()
 	c.mu.Unlock()
 	c.enqueue(encodeFrame(client.TypePing, 0, ping))
 }

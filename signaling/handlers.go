@@ -140,6 +140,7 @@ func (s *Server) handleRegister(ctx context.Context, c *peerConn, rid uint64, b 
 		return nil
 	}
 	c.reply(rid, client.TypeRegistered, s.registered(p, false, nil))
+	c.measureRTT()
 	return nil
 }
 
@@ -246,6 +247,7 @@ func (s *Server) resume(ctx context.Context, c *peerConn, rid uint64, b *client.
 	}
 	s.metrics.resumes.Inc()
 	c.reply(rid, client.TypeRegistered, s.registered(p, true, rooms))
+	c.measureRTT()
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/turncreds"
@@ -603,4 +604,39 @@ func TestUnregisteredConnectionClosed(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Code != websocket.StatusPolicyViolation || ce.Reason != client.CodeNotRegistered {
 		t.Fatalf("close = %v, want 1008 not_registered", err)
 	}
+}
+
+// The server measures a peer's round trip right after register, so a connect
+// made at once is scheduled from a measured RTT, not the 150 ms guess.
+func TestRTTMeasuredAtRegister(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PingInterval = time.Hour // the heartbeat cannot be what measures it
+	ts := startServer(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{URL: ts.URL, Register: client.Register{Name: "alice"}, NoReconnect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(waitFor)
+	for histogramCount(t, ts.Reg) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no round trip measured after register")
+		}
+		time.Sleep(5 * time.Millisecond) // polling a metric: there is no event to wait on
+	}
+}
+
+func histogramCount(t *testing.T, reg *prometheus.Registry) uint64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "rendezvous_signaling_heartbeat_rtt_seconds" {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
 }
