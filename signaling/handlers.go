@@ -594,8 +594,11 @@ func (s *Server) handleSignal(ctx context.Context, id string, rid uint64, b *cli
 	return nil
 }
 
-// punchLead is how far ahead of now a punch starts: long enough for the punch
-// frame to reach both sides (half an RTT each) with margin.
+// punchLead is how far ahead of now a punch starts. The punch frame reaches
+// each side in about half its RTT, and each side's estimate of the server
+// clock may be off by up to half its RTT, so one RTT of the slower side plus a
+// margin has both sides start together; a larger lead only adds to every
+// connect's time.
 func punchLead(rttA, rttB time.Duration) time.Duration {
 	const unknown = 150 * time.Millisecond
 	if rttA == 0 {
@@ -604,8 +607,8 @@ func punchLead(rttA, rttB time.Duration) time.Duration {
 	if rttB == 0 {
 		rttB = unknown
 	}
-	lead := 2*max(rttA, rttB) + 20*time.Millisecond
-	return min(max(lead, 50*time.Millisecond), 3*time.Second)
+	lead := max(rttA, rttB) + 20*time.Millisecond
+	return min(max(lead, 40*time.Millisecond), 3*time.Second)
 }
 
 func (s *Server) handleConnect(ctx context.Context, c *peerConn, id string, rid uint64, b *client.Connect) *client.Error {

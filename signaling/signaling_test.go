@@ -528,10 +528,13 @@ func TestConnectPunchSchedule(t *testing.T) {
 }
 
 func TestPunchLead(t *testing.T) {
-	if l := punchLead(10*time.Millisecond, 40*time.Millisecond); l != 100*time.Millisecond {
+	if l := punchLead(10*time.Millisecond, 40*time.Millisecond); l != 60*time.Millisecond {
 		t.Fatalf("lead = %v", l)
 	}
-	if l := punchLead(0, 0); l < 300*time.Millisecond {
+	if l := punchLead(time.Millisecond, time.Millisecond); l != 40*time.Millisecond {
+		t.Fatalf("lead on a fast LAN = %v, want the 40 ms floor", l)
+	}
+	if l := punchLead(0, 0); l < 150*time.Millisecond {
 		t.Fatalf("lead without RTT = %v", l)
 	}
 	if l := punchLead(time.Minute, 0); l != 3*time.Second {
