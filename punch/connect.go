@@ -414,7 +414,7 @@ punching:
 		if a.active.kind() != Direct {
 			now := time.Now()
 			for _, p := range a.paths {
-				if ok, _ := p.health(now, e.cfg.Ladder); ok && p.kind() != Direct && better(p, a.active) {
+				if ok, _ := p.health(now, e.cfg.Ladder, time.Time{}); ok && p.kind() != Direct && better(p, a.active) {
 					a.active = p
 				}
 			}

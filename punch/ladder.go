@@ -152,12 +152,13 @@ func (p *pathState) recordPong(txid [12]byte, sent, now time.Time, staleAfter ti
 	p.rtt = now.Sub(sent)
 }
 
-// loss is the share of unanswered pings among those old enough to judge.
-func (p *pathState) loss(now time.Time) (float64, int) {
+// loss is the share of unanswered pings among those sent since `since` and
+// old enough to judge.
+func (p *pathState) loss(now, since time.Time) (float64, int) {
 	grace := 2*p.rtt + 200*time.Millisecond
 	var judged, lost int
 	for _, r := range p.window {
-		if now.Sub(r.sent) < grace {
+		if now.Sub(r.sent) < grace || r.sent.Before(since) {
 			continue
 		}
 		judged++
@@ -171,15 +172,19 @@ func (p *pathState) loss(now time.Time) (float64, int) {
 	return float64(lost) / float64(judged), judged
 }
 
-// health says whether the path is usable now, and if not why.
-func (p *pathState) health(now time.Time, cfg LadderConfig) (bool, string) {
+// health says whether the path is usable now, and if not why. Loss counts
+// the pings sent since `since`: for the active path, since it became active
+// (losses from before, such as probes sent while punching or the tail of an
+// earlier outage, do not make it step down again at the first lost ping);
+// for a path to step up to, the whole window (a stricter test).
+func (p *pathState) health(now time.Time, cfg LadderConfig, since time.Time) (bool, string) {
 	if !p.verified {
 		return false, "no answer"
 	}
 	if age := now.Sub(p.lastEcho); age > cfg.StaleAfter {
 		return false, fmt.Sprintf("echo stale %.1fs", age.Seconds())
 	}
-	if l, n := p.loss(now); n >= cfg.LossWindow/2 && l > cfg.MaxLoss {
+	if l, n := p.loss(now, since); n >= cfg.LossWindow/2 && l > cfg.MaxLoss {
 		return false, fmt.Sprintf("loss %.0f%%", 100*l)
 	}
 	return true, ""
@@ -203,7 +208,7 @@ func (a *attempt) evaluateLocked(e *Endpoint, now time.Time) {
 	cfg := e.cfg.Ladder
 	var best *pathState
 	for _, p := range a.paths {
-		ok, _ := p.health(now, cfg)
+		ok, _ := p.health(now, cfg, time.Time{})
 		if !ok {
 			p.healthySince = time.Time{}
 			continue
@@ -225,7 +230,7 @@ func (a *attempt) evaluateLocked(e *Endpoint, now time.Time) {
 		// The path the peer's handshake came in on, not yet answered to
 		// our own pings: give it the time a live path gets.
 	default:
-		if ok, why := a.active.health(now, cfg); !ok {
+		if ok, why := a.active.health(now, cfg, a.activeSince); !ok {
 			a.switchLocked(e, best, why, now)
 			return
 		}

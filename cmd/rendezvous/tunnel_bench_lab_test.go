@@ -181,6 +181,7 @@ func BenchmarkPathLadder(b *testing.B) {
 	var fallback []time.Duration
 	for i := 1; i <= cuts; i++ {
 		cutAt := time.Now()
+		b.Logf("cut %d at %v", i, cutAt.UTC().Format(time.RFC3339Nano))
 		unblock := lab.Router("a").Block(b, netip.PrefixFrom(hb.Addr(), 32))
 		ev := joiner.nthLine(b, "switch to the relay", i, kindIs("path", isRelay), 10*time.Second)
 		at, err := time.Parse(time.RFC3339Nano, fmt.Sprint(ev["time"]))
@@ -191,6 +192,13 @@ func BenchmarkPathLadder(b *testing.B) {
 		unblock()
 		joiner.nthLine(b, "switch back to direct", i, kindIs("path", isDirect), 40*time.Second)
 	}
+	joiner.mu.Lock()
+	for _, l := range joiner.lines {
+		if l["event"] == "path" {
+			b.Logf("joiner path event: %v %v (%v)", l["time"], l["path"].(map[string]any)["kind"], l["reason"])
+		}
+	}
+	joiner.mu.Unlock()
 	killGroup(host.cmd)
 	killGroup(joiner.cmd)
 
