@@ -108,6 +108,20 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 	reg := sig.Registered()
 	a.emit(AgentEvent{Event: "registered", PeerID: reg.PeerID})
 
+	// TURN allocations run while STUN runs: on a network that drops UDP to
+	// the server both wait for their timeouts, and should not one after the other.
+	type allocated struct {
+		cands []Candidate
+		err   error
+	}
+	var relayed chan allocated
+	if relays := RelayServers(reg.ICEServers); !cfg.NoRelay && len(relays) > 0 {
+		relayed = make(chan allocated, 1)
+		go func() {
+			c, err := ep.AllocateRelays(ctx, relays, cfg.Relay)
+			relayed <- allocated{c, err}
+		}()
+	}
 	if stunAddr, err := a.stunServer(cfg.STUNServer, sc.URL, reg.ICEServers); err != nil {
 		a.emit(AgentEvent{Event: "warning", Error: "no STUN server: " + err.Error() + "; offering host candidates only"})
 	} else {
@@ -120,12 +134,12 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 			a.emit(AgentEvent{Event: "reflexive", Addr: srflx.String()})
 		}
 	}
-	if relays := RelayServers(reg.ICEServers); !cfg.NoRelay && len(relays) > 0 {
-		rcands, err := ep.AllocateRelays(ctx, relays, cfg.Relay)
-		if err != nil {
-			a.emit(AgentEvent{Event: "warning", Error: "no relay: " + err.Error()})
+	if relayed != nil {
+		r := <-relayed
+		if r.err != nil {
+			a.emit(AgentEvent{Event: "warning", Error: "no relay: " + r.err.Error()})
 		} else {
-			for _, c := range rcands {
+			for _, c := range r.cands {
 				a.emit(AgentEvent{Event: "relay", Addr: c.Addr.String()})
 				cands = append(cands, client.Candidate{Type: string(Relayed), Addr: c.Addr.String(), Proto: "udp"})
 			}
