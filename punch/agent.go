@@ -315,11 +315,17 @@ func (a *Agent) punch(p client.Punch) {
 		go a.forwardPathEvents(s, p.Peer.ID, p.Peer.Name)
 	}
 	who.TookMS = result.DurationMS
-	rctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
-	if rerr := a.sig.ReportResult(rctx, result); rerr != nil {
-		a.log.Debug("reporting connect result", "err", rerr)
-	}
-	cancel()
+	// The outcome report is for the server's metrics: send it without making
+	// the game wait a server round trip for its session.
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		rctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
+		defer cancel()
+		if rerr := a.sig.ReportResult(rctx, result); rerr != nil {
+			a.log.Debug("reporting connect result", "err", rerr)
+		}
+	}()
 	a.emit(who)
 	if err == nil {
 		select {
