@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -24,11 +23,8 @@ import (
 )
 
 type connectFlags struct {
-	server, room, name, token, stun, listen, hostAddrs string
-	relayCA                                            string
-	create, asJSON, allIfaces, noRelay                 bool
-	peers                                              int
-	timeout                                            time.Duration
+	peerFlags
+	peers int
 }
 
 func newConnectCmd() *cobra.Command {
@@ -72,19 +68,9 @@ all of its own), or on Ctrl-C.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.server, "server", "", "rendezvous server URL (http(s)://host:port)")
-	fl.StringVar(&f.room, "room", "", "join the room with this code")
-	fl.BoolVar(&f.create, "create", false, "create a room and print its code")
-	fl.StringVar(&f.name, "name", defaultName(), "your display name")
-	fl.StringVar(&f.token, "token", os.Getenv("RENDEZVOUS_TOKEN"), "API key or join token (default $RENDEZVOUS_TOKEN)")
-	fl.StringVar(&f.stun, "stun", "", "STUN server host:port (default: from the server's ICE servers)")
-	fl.StringVar(&f.listen, "listen", ":0", "local UDP address for the peer socket (\"0.0.0.0:0\": IPv4 only, \"[::]:0\": IPv6 only)")
-	fl.BoolVar(&f.asJSON, "json", false, "print events as JSON lines on stderr")
-	fl.StringVar(&f.hostAddrs, "host-addrs", "auto", "host candidates to offer: auto (this machine's interfaces), none, or a comma-separated list of IPs")
-	fl.BoolVar(&f.allIfaces, "all-interfaces", false, "also offer addresses of container/VM interfaces")
+	f.peerFlags.register(fl, "listen", ":0")
 	fl.IntVar(&f.peers, "peers", 1, "wait for this many peers before stdin's end may finish the run")
 	fl.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: no limit)")
-	addRelayFlags(cmd, &f.relayCA, &f.noRelay)
 	return cmd
 }
 
@@ -145,38 +131,11 @@ func (p *eventPrinter) print(e punch.AgentEvent) {
 
 func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, stderr io.Writer) error {
 	printer := &eventPrinter{w: stderr, asJSON: f.asJSON, server: f.server}
-	hostAddrs, err := parseHostAddrs(f.hostAddrs)
-	if err != nil {
-		return err
-	}
-	conn, err := net.ListenPacket(udpNetwork(f.listen), f.listen)
-	if err != nil {
-		return fmt.Errorf("opening the peer socket: %w", err)
-	}
-	id, err := punch.NewIdentity()
-	if err != nil {
-		return err
-	}
-	ep, err := punch.NewEndpoint(conn, id, punch.DefaultConfig(), slog.New(slog.DiscardHandler))
+	ep, agent, err := f.start(ctx)
 	if err != nil {
 		return err
 	}
 	defer ep.Close()
-	relayOpts, err := relayOptions(f.relayCA)
-	if err != nil {
-		return err
-	}
-	agent, err := punch.StartAgent(ctx, ep, punch.AgentConfig{
-		Signaling:      client.Config{URL: f.server, Token: f.token, Register: client.Register{Name: f.name}},
-		STUNServer:     f.stun,
-		IncludeVirtual: f.allIfaces,
-		HostAddrs:      hostAddrs,
-		NoRelay:        f.noRelay,
-		Relay:          relayOpts,
-	})
-	if err != nil {
-		return fmt.Errorf("signaling: %w", err)
-	}
 	defer agent.Close()
 
 	// Stdin is read once and fanned out to every session's pipe.
@@ -325,13 +284,6 @@ func parseHostAddrs(s string) ([]netip.Addr, error) {
 		out = append(out, ip)
 	}
 	return out, nil
-}
-
-// addRelayFlags adds the relay flags connect and tunnel share.
-func addRelayFlags(cmd *cobra.Command, relayCA *string, noRelay *bool) {
-	fl := cmd.Flags()
-	fl.StringVar(relayCA, "relay-ca", "", "PEM file of the CA (or self-signed certificate) that signs the relay's TLS certificate, for turns: (default: the system's CAs)")
-	fl.BoolVar(noRelay, "no-relay", false, "never relay: direct paths only")
 }
 
 // relayOptions reads --relay-ca.

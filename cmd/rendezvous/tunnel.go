@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -23,10 +22,9 @@ import (
 )
 
 type tunnelFlags struct {
-	server, room, name, token, stun, peerListen, hostAddrs string
-	forward, listen, relayCA                               string
-	create, asJSON, noRelay                                bool
-	statsEvery, timeout                                    time.Duration
+	peerFlags
+	forward, listen string
+	statsEvery      time.Duration
 }
 
 func newTunnelCmd() *cobra.Command {
@@ -75,20 +73,11 @@ stderr (with --json as {"event":"stats",...} lines, beside the events of connect
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.server, "server", "", "rendezvous server URL (http(s)://host:port)")
-	fl.StringVar(&f.room, "room", "", "join the room with this code")
-	fl.BoolVar(&f.create, "create", false, "create a room and print its code (the hosting player)")
+	f.peerFlags.register(fl, "peer-listen", "0.0.0.0:0")
 	fl.StringVar(&f.forward, "forward", "", "host: deliver joiners' packets to this game server, udp:HOST:PORT")
 	fl.StringVar(&f.listen, "listen", "", "joiner: take the game's packets on this address, udp:HOST:PORT")
-	fl.StringVar(&f.name, "name", defaultName(), "your display name")
-	fl.StringVar(&f.token, "token", os.Getenv("RENDEZVOUS_TOKEN"), "API key or join token (default $RENDEZVOUS_TOKEN)")
-	fl.StringVar(&f.stun, "stun", "", "STUN server host:port (default: from the server's ICE servers)")
-	fl.StringVar(&f.peerListen, "peer-listen", "0.0.0.0:0", "local UDP address of the peer socket")
-	fl.StringVar(&f.hostAddrs, "host-addrs", "auto", "host candidates to offer: auto, none, or a comma-separated list of IPs")
-	fl.BoolVar(&f.asJSON, "json", false, "print events and stats as JSON lines on stderr")
 	fl.DurationVar(&f.statsEvery, "stats-every", 2*time.Second, "how often to print path, RTT and throughput (0: never)")
 	fl.DurationVar(&f.timeout, "timeout", 0, "stop after this long (0: run until Ctrl-C)")
-	addRelayFlags(cmd, &f.relayCA, &f.noRelay)
 	return cmd
 }
 
@@ -137,14 +126,6 @@ func runTunnel(ctx context.Context, f tunnelFlags, stderr io.Writer) error {
 	} else if listenAddr, err = parseUDPFlag("listen", f.listen); err != nil {
 		return err
 	}
-	hostAddrs, err := parseHostAddrs(f.hostAddrs)
-	if err != nil {
-		return err
-	}
-	relayOpts, err := relayOptions(f.relayCA)
-	if err != nil {
-		return err
-	}
 	var game net.PacketConn
 	if listenAddr != nil {
 		if game, err = net.ListenUDP("udp", listenAddr); err != nil {
@@ -152,29 +133,11 @@ func runTunnel(ctx context.Context, f tunnelFlags, stderr io.Writer) error {
 		}
 		defer game.Close()
 	}
-	conn, err := net.ListenPacket(udpNetwork(f.peerListen), f.peerListen)
-	if err != nil {
-		return fmt.Errorf("opening the peer socket: %w", err)
-	}
-	id, err := punch.NewIdentity()
-	if err != nil {
-		return err
-	}
-	ep, err := punch.NewEndpoint(conn, id, punch.DefaultConfig(), slog.New(slog.DiscardHandler))
+	ep, agent, err := f.start(ctx)
 	if err != nil {
 		return err
 	}
 	defer ep.Close()
-	agent, err := punch.StartAgent(ctx, ep, punch.AgentConfig{
-		Signaling:  client.Config{URL: f.server, Token: f.token, Register: client.Register{Name: f.name}},
-		STUNServer: f.stun,
-		HostAddrs:  hostAddrs,
-		NoRelay:    f.noRelay,
-		Relay:      relayOpts,
-	})
-	if err != nil {
-		return fmt.Errorf("signaling: %w", err)
-	}
 	defer agent.Close()
 	var joined client.RoomJoined
 	if f.create {

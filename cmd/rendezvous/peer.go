@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/rendezvous-p2p/rendezvous/punch"
+	"github.com/rendezvous-p2p/rendezvous/signaling/client"
+)
+
+// peerFlags are what connect and tunnel share: the server and room, and how
+// this peer's socket, candidates and relays are set up.
+type peerFlags struct {
+	server, room, name, token, stun, socket, hostAddrs, relayCA string
+	create, asJSON, allIfaces, noRelay                          bool
+	timeout                                                     time.Duration
+}
+
+// register adds the shared flags; socketFlag names the peer socket's flag
+// (tunnel's --listen is the game's side, so its peer socket is --peer-listen).
+func (f *peerFlags) register(fl *pflag.FlagSet, socketFlag, socketDefault string) {
+	fl.StringVar(&f.server, "server", "", "rendezvous server URL (http(s)://host:port)")
+	fl.StringVar(&f.room, "room", "", "join the room with this code")
+	fl.BoolVar(&f.create, "create", false, "create a room and print its code")
+	fl.StringVar(&f.name, "name", defaultName(), "your display name")
+	fl.StringVar(&f.token, "token", os.Getenv("RENDEZVOUS_TOKEN"), "API key or join token (default $RENDEZVOUS_TOKEN)")
+	fl.StringVar(&f.stun, "stun", "", "STUN server host:port (default: from the server's ICE servers)")
+	fl.StringVar(&f.socket, socketFlag, socketDefault, "local UDP address of the peer socket (\"0.0.0.0:0\": IPv4 only, \"[::]:0\": IPv6 only)")
+	fl.StringVar(&f.hostAddrs, "host-addrs", "auto", "host candidates to offer: auto (this machine's interfaces), none, or a comma-separated list of IPs")
+	fl.BoolVar(&f.asJSON, "json", false, "print events as JSON lines on stderr")
+	fl.BoolVar(&f.allIfaces, "all-interfaces", false, "also offer addresses of container/VM interfaces")
+	fl.StringVar(&f.relayCA, "relay-ca", "", "PEM file of the CA (or self-signed certificate) that signs the relay's TLS certificate, for turns: (default: the system's CAs)")
+	fl.BoolVar(&f.noRelay, "no-relay", false, "never relay: direct paths only")
+}
+
+// start opens the peer socket with a fresh identity and registers with the
+// signaling server. The caller closes both.
+func (f *peerFlags) start(ctx context.Context) (*punch.Endpoint, *punch.Agent, error) {
+	hostAddrs, err := parseHostAddrs(f.hostAddrs)
+	if err != nil {
+		return nil, nil, err
+	}
+	relayOpts, err := relayOptions(f.relayCA)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := net.ListenPacket(udpNetwork(f.socket), f.socket)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening the peer socket: %w", err)
+	}
+	id, err := punch.NewIdentity()
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	ep, err := punch.NewEndpoint(conn, id, punch.DefaultConfig(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	agent, err := punch.StartAgent(ctx, ep, punch.AgentConfig{
+		Signaling:      client.Config{URL: f.server, Token: f.token, Register: client.Register{Name: f.name}},
+		STUNServer:     f.stun,
+		IncludeVirtual: f.allIfaces,
+		HostAddrs:      hostAddrs,
+		NoRelay:        f.noRelay,
+		Relay:          relayOpts,
+	})
+	if err != nil {
+		ep.Close()
+		return nil, nil, fmt.Errorf("signaling: %w", err)
+	}
+	return ep, agent, nil
+}
