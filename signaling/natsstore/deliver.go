@@ -1,0 +1,151 @@
+package natsstore
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/rendezvous-p2p/rendezvous/signaling"
+)
+
+// Headers of a delivery message on <prefix>.node.<node>.
+const (
+	hdrTo  = "Rzv-To"  // comma-separated peer ids
+	hdrHop = "Rzv-Hop" // set on a message forwarded once after the peer moved
+)
+
+// Attach makes this node the receiver of frames for peerID. When the peer's
+// record names another node (it resumed here after its node went away or its
+// connection moved), the record and the node index are moved to this node
+// first, so other nodes route to it from now on.
+func (s *Store) Attach(peerID string, deliver func(frame []byte)) (detach func()) {
+	k := &sink{deliver: deliver}
+	s.sinkMu.Lock()
+	s.sinks[peerID] = k
+	s.sinkMu.Unlock()
+	s.claim(peerID)
+	return func() {
+		s.sinkMu.Lock()
+		if s.sinks[peerID] == k {
+			delete(s.sinks, peerID)
+		}
+		s.sinkMu.Unlock()
+	}
+}
+
+// claim moves a peer's record to this node if it names another one.
+func (s *Store) claim(peerID string) {
+	ctx, cancel := s.op(context.Background())
+	defer cancel()
+	v, err := s.getPeer(ctx, peerID)
+	if err != nil || v.Node == s.node {
+		return
+	}
+	if _, err := s.peers.put(ctx, indexKey(s.node, peerID), nil); err != nil {
+		s.log.Warn("claim peer", "peer", peerID, "err", err)
+		return
+	}
+	old := ""
+	if _, err := s.updatePeer(ctx, peerID, func(v *peerValue) error {
+		old = v.Node
+		v.Node = s.node
+		return nil
+	}); err != nil {
+		s.log.Warn("claim peer", "peer", peerID, "err", err)
+		return
+	}
+	if old != "" && old != s.node {
+		s.peers.del(ctx, indexKey(old, peerID))
+	}
+}
+
+func (s *Store) localSink(id string) *sink {
+	s.sinkMu.RLock()
+	defer s.sinkMu.RUnlock()
+	return s.sinks[id]
+}
+
+// Deliver hands frame to peerID: directly when it is attached here, else as
+// one message on the subject of the node its record names. ErrNotFound when
+// the peer has no record or is offline.
+func (s *Store) Deliver(ctx context.Context, peerID string, frame []byte) error {
+	if k := s.localSink(peerID); k != nil {
+		k.deliver(frame)
+		return nil
+	}
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	v, err := s.getPeer(ctx, peerID)
+	if err != nil {
+		return err
+	}
+	if !v.Online || v.Node == s.node {
+		return signaling.ErrNotFound
+	}
+	return s.publish(v.Node, peerID, frame, false)
+}
+
+// DeliverMany hands one frame to several peers with one message per node
+// that holds some of them (signaling.MultiDeliverer). It returns how many
+// peers it was handed to.
+func (s *Store) DeliverMany(ctx context.Context, peerIDs []string, frame []byte) int {
+	n := 0
+	byNode := map[string][]string{}
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	for _, id := range peerIDs {
+		if k := s.localSink(id); k != nil {
+			k.deliver(frame)
+			n++
+			continue
+		}
+		v, err := s.getPeer(ctx, id)
+		if err != nil || !v.Online || v.Node == s.node {
+			continue
+		}
+		byNode[v.Node] = append(byNode[v.Node], id)
+	}
+	for node, ids := range byNode {
+		if s.publish(node, strings.Join(ids, ","), frame, false) == nil {
+			n += len(ids)
+		}
+	}
+	return n
+}
+
+func (s *Store) publish(node, to string, frame []byte, hop bool) error {
+	m := &nats.Msg{Subject: s.nodeSubject(node), Header: nats.Header{hdrTo: []string{to}}, Data: frame}
+	if hop {
+		m.Header.Set(hdrHop, "1")
+	}
+	if err := s.nc.PublishMsg(m); err != nil {
+		return unavailable("deliver", err)
+	}
+	return nil
+}
+
+// onFrames receives frames for peers on this node. A peer that is no longer
+// here but whose record names another node (it moved) gets the frame
+// forwarded once.
+func (s *Store) onFrames(m *nats.Msg) {
+	hop := m.Header.Get(hdrHop) != ""
+	for id := range strings.SplitSeq(m.Header.Get(hdrTo), ",") {
+		if k := s.localSink(id); k != nil {
+			k.deliver(m.Data)
+			continue
+		}
+		if hop {
+			continue
+		}
+		ctx, cancel := s.op(context.Background())
+		v, err := s.getPeer(ctx, id)
+		cancel()
+		if err == nil && v.Online && v.Node != s.node {
+			s.publish(v.Node, id, m.Data, true)
+		} else if err != nil && !errors.Is(err, signaling.ErrNotFound) {
+			s.log.Warn("forward frame", "peer", id, "err", err)
+		}
+	}
+}

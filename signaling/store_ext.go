@@ -1,0 +1,11 @@
+package signaling
+
+import "context"
+
+// MultiDeliverer is implemented by a Store that can hand one frame to many
+// peers at once, for room broadcasts: the NATS store (signaling/natsstore)
+// sends one message per node holding some of them instead of one per peer.
+// It returns how many peers the frame was handed to.
+type MultiDeliverer interface {
+	DeliverMany(ctx context.Context, peerIDs []string, frame []byte) int
+}
