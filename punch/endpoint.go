@@ -43,7 +43,7 @@ import (
 	"github.com/pion/stun/v4"
 	"github.com/quic-go/quic-go"
 
-	"github.com/rendezvous-p2p/rendezvous/internal/stunext"
+	"github.com/rendezvous-p2p/rendezvous/signaling/client"
 )
 
 // Config tunes punching and the session.
@@ -283,25 +283,17 @@ func (e *Endpoint) sendRoute(b []byte, r route) {
 // PEER-TOKEN attribute so the rendezvous server ties that address to this
 // peer. It retries (RFC 8489 style) until ctx ends.
 func (e *Endpoint) ReflexiveAddress(ctx context.Context, server netip.AddrPort, token string) (netip.AddrPort, error) {
-	setters := []stun.Setter{stun.TransactionID, stun.BindingRequest}
-	if token != "" {
-		if len(token) > stunext.MaxPeerTokenLen {
-			return netip.AddrPort{}, errors.New("punch: peer token too long")
-		}
-		setters = append(setters, stun.RawAttribute{Type: stun.AttrType(stunext.AttrPeerToken), Value: []byte(token)})
-	}
-	setters = append(setters, stun.Fingerprint)
-	msg, err := stun.Build(setters...)
+	msg, err := client.NewBindingRequest(token)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
 	ch := make(chan stunAns, 1)
 	e.mu.Lock()
-	e.stunWait[msg.TransactionID] = ch
+	e.stunWait[msg.ID] = ch
 	e.mu.Unlock()
 	defer func() {
 		e.mu.Lock()
-		delete(e.stunWait, msg.TransactionID)
+		delete(e.stunWait, msg.ID)
 		e.mu.Unlock()
 	}()
 	rto := 250 * time.Millisecond
@@ -325,35 +317,19 @@ func (e *Endpoint) ReflexiveAddress(ctx context.Context, server netip.AddrPort, 
 }
 
 func (e *Endpoint) handleSTUN(b []byte) {
-	m := &stun.Message{Raw: append([]byte(nil), b...)}
-	if err := m.Decode(); err != nil {
+	id, addr, err := client.ParseBindingResponse(b)
+	if id == ([12]byte{}) {
 		e.count(func(s *Stats) { s.DroppedMalformed++ })
 		return
 	}
 	e.mu.Lock()
-	ch := e.stunWait[m.TransactionID]
+	ch := e.stunWait[id]
 	e.mu.Unlock()
 	if ch == nil {
 		return
 	}
-	var ans stunAns
-	var xor stun.XORMappedAddress
-	if m.Type.Class == stun.ClassErrorResponse {
-		ans.err = errors.New("punch: STUN error response")
-	} else if err := xor.GetFrom(m); err != nil {
-		var mapped stun.MappedAddress
-		if err2 := mapped.GetFrom(m); err2 != nil {
-			ans.err = fmt.Errorf("punch: STUN response without an address: %w", err)
-		} else {
-			ip, _ := netip.AddrFromSlice(mapped.IP)
-			ans.addr = netip.AddrPortFrom(ip.Unmap(), uint16(mapped.Port))
-		}
-	} else {
-		ip, _ := netip.AddrFromSlice(xor.IP)
-		ans.addr = netip.AddrPortFrom(ip.Unmap(), uint16(xor.Port))
-	}
 	select {
-	case ch <- ans:
+	case ch <- stunAns{addr: addr, err: err}:
 	default:
 	}
 }

@@ -21,11 +21,10 @@ import (
 //
 // It reads from pc: do not read pc concurrently while it runs.
 func BindPeerToken(ctx context.Context, pc net.PacketConn, server net.Addr, token string) (netip.AddrPort, error) {
-	if len(token) == 0 || len(token) > stunext.MaxPeerTokenLen {
-		return netip.AddrPort{}, fmt.Errorf("signaling: peer token length %d out of range 1..%d", len(token), stunext.MaxPeerTokenLen)
+	if len(token) == 0 {
+		return netip.AddrPort{}, errors.New("signaling: empty peer token")
 	}
-	req, err := stun.Build(stun.TransactionID, stun.BindingRequest,
-		stun.RawAttribute{Type: stun.AttrType(stunext.AttrPeerToken), Value: []byte(token)}, stun.Fingerprint)
+	req, err := NewBindingRequest(token)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
@@ -50,26 +49,77 @@ func BindPeerToken(ctx context.Context, pc net.PacketConn, server net.Addr, toke
 				}
 				return netip.AddrPort{}, err
 			}
-			if !stun.IsMessage(buf[:n]) {
-				continue
+			id, addr, err := ParseBindingResponse(buf[:n])
+			if id != req.ID {
+				continue // not our answer (or not STUN at all)
 			}
-			m := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
-			if m.Decode() != nil || m.TransactionID != req.TransactionID {
-				continue
-			}
-			var xor stun.XORMappedAddress
-			if err := xor.GetFrom(m); err != nil {
-				return netip.AddrPort{}, fmt.Errorf("signaling: STUN answer without XOR-MAPPED-ADDRESS: %w", err)
-			}
-			ip, ok := netip.AddrFromSlice(xor.IP)
-			if !ok {
-				return netip.AddrPort{}, errors.New("signaling: STUN answer with a bad address")
-			}
-			return netip.AddrPortFrom(ip.Unmap(), uint16(xor.Port)), nil
+			return addr, err
 		}
 		if ctx.Err() != nil {
 			return netip.AddrPort{}, ctx.Err()
 		}
 		rto = min(rto*2, 1600*time.Millisecond)
 	}
+}
+
+// BindingRequest is an encoded STUN Binding request.
+type BindingRequest struct {
+	Raw []byte
+	ID  [12]byte // transaction id
+}
+
+// NewBindingRequest encodes a Binding request with a fresh transaction id
+// and, when token is not empty, the PEER-TOKEN attribute. Callers that read
+// their socket some other way (punch's endpoint) send Raw themselves and hand
+// answers to ParseBindingResponse.
+func NewBindingRequest(token string) (BindingRequest, error) {
+	if len(token) > stunext.MaxPeerTokenLen {
+		return BindingRequest{}, fmt.Errorf("signaling: peer token length %d over %d", len(token), stunext.MaxPeerTokenLen)
+	}
+	setters := []stun.Setter{stun.TransactionID, stun.BindingRequest}
+	if token != "" {
+		setters = append(setters, stun.RawAttribute{Type: stun.AttrType(stunext.AttrPeerToken), Value: []byte(token)})
+	}
+	m, err := stun.Build(append(setters, stun.Fingerprint)...)
+	if err != nil {
+		return BindingRequest{}, err
+	}
+	return BindingRequest{Raw: m.Raw, ID: m.TransactionID}, nil
+}
+
+// ParseBindingResponse reads a STUN Binding answer: its transaction id and
+// the reflexive address (XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS from an old
+// server). The id is zero when b is not a STUN message; an error response,
+// or an answer without an address, returns its id with an error.
+func ParseBindingResponse(b []byte) (id [12]byte, addr netip.AddrPort, err error) {
+	if !stun.IsMessage(b) {
+		return id, addr, errors.New("signaling: not a STUN message")
+	}
+	m := &stun.Message{Raw: append([]byte(nil), b...)}
+	if err := m.Decode(); err != nil {
+		return id, addr, fmt.Errorf("signaling: malformed STUN message: %w", err)
+	}
+	id = m.TransactionID
+	if m.Type.Class == stun.ClassErrorResponse {
+		var code stun.ErrorCodeAttribute
+		code.GetFrom(m)
+		return id, addr, fmt.Errorf("signaling: STUN error %d %s", code.Code, code.Reason)
+	}
+	var ip net.IP
+	var port int
+	var xor stun.XORMappedAddress
+	if xerr := xor.GetFrom(m); xerr == nil {
+		ip, port = xor.IP, xor.Port
+	} else {
+		var mapped stun.MappedAddress
+		if merr := mapped.GetFrom(m); merr != nil {
+			return id, addr, fmt.Errorf("signaling: STUN answer without an address: %w", xerr)
+		}
+		ip, port = mapped.IP, mapped.Port
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return id, addr, errors.New("signaling: STUN answer with a bad address")
+	}
+	return id, netip.AddrPortFrom(a.Unmap(), uint16(port)), nil
 }
