@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -39,4 +42,37 @@ func TestBeaconCommandsOnALAN(t *testing.T) {
 		t.Fatalf("announce did not exit cleanly on SIGINT: %v\n%s", err, ap.dump())
 	}
 	lp.waitEvent(t, "gone", 5*time.Second)
+}
+
+// `connect --lan`: two players on one LAN find each other with no server and
+// exchange data directly; a player on another LAN behind a router is not found.
+func TestConnectOverLANWithoutServer(t *testing.T) {
+	natlab.Require(t)
+	lab := natlab.New(t, natlab.Topology{LANs: []natlab.LAN{{Name: "party", Hosts: 2}}})
+	a, b := lab.Host("party", 0), lab.Host("party", 1)
+	payload := randomPayload(32 << 10)
+
+	pa, outA := labConnect(t, a, nil, "--lan", "--create", "--interval", "500ms")
+	room := pa.waitEvent(t, "room", 10*time.Second)
+	pb, _ := labConnect(t, b, payload, "--lan", "--room", room["code"].(string), "--interval", "500ms")
+	ev := pa.waitLine(t, "connected or failed", func(l map[string]any) bool { return l["event"] == "connected" || l["event"] == "failed" }, 15*time.Second)
+	if ev["event"] != "connected" {
+		t.Fatalf("no LAN session: %v", ev)
+	}
+	// Direct over the LAN: b's IPv4 address, or its IPv6 link-local one when
+	// the beacon came by IPv6 multicast first.
+	path := ev["path"].(map[string]any)
+	remote := fmt.Sprint(path["remote"])
+	if path["kind"] != "direct" || !strings.HasPrefix(remote, b.Addr().String()+":") && !strings.HasPrefix(remote, "[fe80:") {
+		t.Errorf("want a direct path to b on the LAN (%v or link-local), got %v", b.Addr(), path)
+	}
+	if err := pb.waitExit(t, 15*time.Second); err != nil {
+		t.Fatalf("joiner: %v\n%s", err, pb.dump())
+	}
+	if err := pa.waitExit(t, 15*time.Second); err != nil {
+		t.Fatalf("creator: %v\n%s", err, pa.dump())
+	}
+	if !bytes.Equal(outA.Bytes(), payload) {
+		t.Fatalf("payload: %d bytes arrived, want %d intact", outA.Len(), len(payload))
+	}
 }

@@ -24,7 +24,9 @@ import (
 
 type connectFlags struct {
 	peerFlags
-	peers int
+	peers  int
+	lan    bool
+	beacon beaconFlags
 }
 
 func newConnectCmd() *cobra.Command {
@@ -45,14 +47,22 @@ Events (joined, connecting, connected with the path and RTT, path switches
 with their reason, failed) go to stderr, as text or, with --json, one JSON
 object per line. Data goes to stdout.
 connect exits when stdin ends and every peer has received all of it (and sent
-all of its own), or on Ctrl-C.`,
+all of its own), or on Ctrl-C.
+
+With --lan no server is used: players on the same local network find each
+other through the LAN beacon (room code, peer port and public key; signed
+when a LAN key is set) and connect directly.`,
 		Example: `  rendezvous connect --server http://rv.example.com:8080 --create --name alice
   rendezvous connect --server http://rv.example.com:8080 --room K7QX2M --name bob
-  echo hello | rendezvous connect --server http://127.0.0.1:8080 --room K7QX2M --json`,
+  echo hello | rendezvous connect --server http://127.0.0.1:8080 --room K7QX2M --json
+  rendezvous connect --lan --create --name alice      # no server: the local network only`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if f.server == "" {
-				return errors.New("--server is required (the rendezvous server's URL, e.g. http://rv.example.com:8080)")
+			switch {
+			case f.lan && f.server != "":
+				return errors.New("--lan uses no server: give either --lan or --server")
+			case !f.lan && f.server == "":
+				return errors.New("--server is required (the rendezvous server's URL, e.g. http://rv.example.com:8080), or --lan to find players on the local network")
 			}
 			if (f.room == "") == !f.create {
 				return errors.New("give either --room CODE to join a room or --create to make one")
@@ -71,7 +81,56 @@ all of its own), or on Ctrl-C.`,
 	f.peerFlags.register(fl, "listen", ":0")
 	fl.IntVar(&f.peers, "peers", 1, "wait for this many peers before stdin's end may finish the run")
 	fl.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: no limit)")
+	fl.BoolVar(&f.lan, "lan", false, "no server: find the room's players on the local network (LAN beacon) and connect directly")
+	f.beacon.register(fl)
 	return cmd
+}
+
+// sessionSource is where connect's sessions come from: the signaling agent,
+// or the LAN beacon with --lan.
+type sessionSource interface {
+	Events() <-chan punch.AgentEvent
+	Sessions() <-chan punch.PeerSession
+}
+
+// openSessions starts the session source: signaling (create or join the
+// room) or, with --lan, the LAN beacon.
+func openSessions(ctx context.Context, f connectFlags) (*punch.Endpoint, sessionSource, func(), error) {
+	if f.lan {
+		cfg, err := f.beacon.config()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ep, err := f.openEndpoint()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		code := f.room
+		if f.create {
+			code = newLANCode()
+		}
+		lan, err := startLAN(ctx, ep, cfg, f.name, code)
+		if err != nil {
+			ep.Close()
+			return nil, nil, nil, err
+		}
+		return ep, lan, func() {}, nil
+	}
+	ep, agent, err := f.start(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	closeAll := func() { agent.Close(); ep.Close() }
+	if f.create {
+		_, err = agent.CreateRoom(ctx, client.CreateRoom{Name: f.name + "'s room", Capacity: 8})
+	} else {
+		_, err = agent.Join(ctx, f.room)
+	}
+	if err != nil {
+		closeAll()
+		return nil, nil, nil, err
+	}
+	return ep, agent, func() { agent.Close() }, nil
 }
 
 func defaultName() string {
@@ -107,6 +166,10 @@ func (p *eventPrinter) print(e punch.AgentEvent) {
 	case "reflexive":
 		fmt.Fprintf(p.w, "public address (seen by the server): %s\n", e.Addr)
 	case "room":
+		if p.server == "" {
+			fmt.Fprintf(p.w, "announcing room %s on the local network — others join with: rendezvous connect --lan --room %s\n", e.Code, e.Code)
+			break
+		}
 		fmt.Fprintf(p.w, "in room %s, code %s — others join with: rendezvous connect --server %s --room %s\n", e.Room, e.Code, p.server, e.Code)
 	case "peer_joined":
 		fmt.Fprintf(p.w, "%s joined\n", who)
@@ -131,12 +194,12 @@ func (p *eventPrinter) print(e punch.AgentEvent) {
 
 func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, stderr io.Writer) error {
 	printer := &eventPrinter{w: stderr, asJSON: f.asJSON, server: f.server}
-	ep, agent, err := f.start(ctx)
+	ep, sessions, stop, err := openSessions(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer ep.Close()
-	defer agent.Close()
+	defer stop()
 
 	// Stdin is read once and fanned out to every session's pipe.
 	var (
@@ -180,15 +243,6 @@ func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, st
 		return stdout.Write(b)
 	})
 
-	if f.create {
-		_, err = agent.CreateRoom(ctx, client.CreateRoom{Name: f.name + "'s room", Capacity: 8})
-	} else {
-		_, err = agent.Join(ctx, f.room)
-	}
-	if err != nil {
-		return err
-	}
-
 	var (
 		wg        sync.WaitGroup
 		started   int
@@ -201,9 +255,9 @@ func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, st
 	}
 	for {
 		select {
-		case e := <-agent.Events():
+		case e := <-sessions.Events():
 			printer.print(e)
-		case ps := <-agent.Sessions():
+		case ps := <-sessions.Sessions():
 			in := make(chan []byte, 1024)
 			mu.Lock()
 			for _, chunk := range backlog {
@@ -239,10 +293,10 @@ func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, st
 				pipeErrs <- nil
 			}()
 		case err := <-pipeErrs:
-			drain(agent, printer)
+			drain(sessions, printer)
 			return err
 		case <-ctx.Done():
-			drain(agent, printer)
+			drain(sessions, printer)
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return fmt.Errorf("gave up after --timeout %v", f.timeout)
 			}
@@ -304,7 +358,7 @@ func relayOptions(caFile string) (punch.RelayOptions, error) {
 }
 
 // drain prints events still queued.
-func drain(a *punch.Agent, p *eventPrinter) {
+func drain(a sessionSource, p *eventPrinter) {
 	for {
 		select {
 		case e := <-a.Events():

@@ -39,8 +39,27 @@ func (f *peerFlags) register(fl *pflag.FlagSet, socketFlag, socketDefault string
 	fl.BoolVar(&f.noRelay, "no-relay", false, "never relay: direct paths only")
 }
 
-// start opens the peer socket with a fresh identity and registers with the
-// signaling server. The caller closes both.
+// openEndpoint opens the peer socket with a fresh identity.
+func (f *peerFlags) openEndpoint() (*punch.Endpoint, error) {
+	conn, err := net.ListenPacket(udpNetwork(f.socket), f.socket)
+	if err != nil {
+		return nil, fmt.Errorf("opening the peer socket: %w", err)
+	}
+	id, err := punch.NewIdentity()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	ep, err := punch.NewEndpoint(conn, id, punch.DefaultConfig(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return ep, nil
+}
+
+// start opens the peer endpoint and registers with the signaling server.
+// The caller closes both.
 func (f *peerFlags) start(ctx context.Context) (*punch.Endpoint, *punch.Agent, error) {
 	hostAddrs, err := parseHostAddrs(f.hostAddrs)
 	if err != nil {
@@ -50,18 +69,8 @@ func (f *peerFlags) start(ctx context.Context) (*punch.Endpoint, *punch.Agent, e
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := net.ListenPacket(udpNetwork(f.socket), f.socket)
+	ep, err := f.openEndpoint()
 	if err != nil {
-		return nil, nil, fmt.Errorf("opening the peer socket: %w", err)
-	}
-	id, err := punch.NewIdentity()
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	ep, err := punch.NewEndpoint(conn, id, punch.DefaultConfig(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		conn.Close()
 		return nil, nil, err
 	}
 	agent, err := punch.StartAgent(ctx, ep, punch.AgentConfig{
