@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -26,13 +27,83 @@ func (s *Store) Attach(peerID string, deliver func(frame []byte)) (detach func()
 	s.sinks[peerID] = k
 	s.sinkMu.Unlock()
 	s.claim(peerID)
+	s.evict(peerID)
 	return func() {
 		s.sinkMu.Lock()
-		if s.sinks[peerID] == k {
+		gone := s.sinks[peerID] == k
+		if gone {
 			delete(s.sinks, peerID)
 		}
 		s.sinkMu.Unlock()
+		if gone {
+			s.evict(peerID)
+		}
 	}
+}
+
+// Where remote peers are: Deliver caches the node a peer's record names for
+// locationTTL, so a burst of frames to one peer costs one KV read. A node
+// announces on <prefix>.evict every peer that attaches to it or detaches
+// from it, and every node drops that peer's entry; a frame that still goes
+// to the old node is forwarded once (onFrames).
+const (
+	locationTTL  = 5 * time.Second
+	maxLocations = 1 << 18
+	evictSubject = ".evict"
+)
+
+type location struct {
+	node string
+	at   time.Time
+}
+
+func (s *Store) cachedNode(id string) (string, bool) {
+	s.locMu.Lock()
+	defer s.locMu.Unlock()
+	l, ok := s.locations[id]
+	if !ok || time.Since(l.at) > locationTTL {
+		return "", false
+	}
+	return l.node, true
+}
+
+func (s *Store) cacheNode(id, node string) {
+	s.locMu.Lock()
+	defer s.locMu.Unlock()
+	if len(s.locations) >= maxLocations {
+		clear(s.locations)
+	}
+	s.locations[id] = location{node, time.Now()}
+}
+
+func (s *Store) evict(id string) {
+	s.dropLocation(id)
+	s.nc.Publish(s.cfg.Prefix+evictSubject, []byte(id))
+}
+
+func (s *Store) dropLocation(id string) {
+	s.locMu.Lock()
+	delete(s.locations, id)
+	s.locMu.Unlock()
+}
+
+func (s *Store) onEvict(m *nats.Msg) { s.dropLocation(string(m.Data)) }
+
+// locate returns the node holding a remote peer, or ErrNotFound when it is
+// offline, here without a connection, or unknown.
+func (s *Store) locate(ctx context.Context, id string) (string, error) {
+	if node, ok := s.cachedNode(id); ok {
+		return node, nil
+	}
+	v, err := s.getPeer(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	if !v.Online || v.Node == s.node {
+		return "", signaling.ErrNotFound
+	}
+	s.cacheNode(id, v.Node)
+	return v.Node, nil
 }
 
 // claim moves a peer's record to this node if it names another one.
@@ -77,14 +148,11 @@ func (s *Store) Deliver(ctx context.Context, peerID string, frame []byte) error 
 	}
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	v, err := s.getPeer(ctx, peerID)
+	node, err := s.locate(ctx, peerID)
 	if err != nil {
 		return err
 	}
-	if !v.Online || v.Node == s.node {
-		return signaling.ErrNotFound
-	}
-	return s.publish(v.Node, peerID, frame, false)
+	return s.publish(node, peerID, frame, false)
 }
 
 // DeliverMany hands one frame to several peers with one message per node
@@ -101,11 +169,11 @@ func (s *Store) DeliverMany(ctx context.Context, peerIDs []string, frame []byte)
 			n++
 			continue
 		}
-		v, err := s.getPeer(ctx, id)
-		if err != nil || !v.Online || v.Node == s.node {
+		node, err := s.locate(ctx, id)
+		if err != nil {
 			continue
 		}
-		byNode[v.Node] = append(byNode[v.Node], id)
+		byNode[node] = append(byNode[node], id)
 	}
 	for node, ids := range byNode {
 		if s.publish(node, strings.Join(ids, ","), frame, false) == nil {

@@ -74,6 +74,10 @@ type Store struct {
 	sinkMu sync.RWMutex
 	sinks  map[string]*sink
 
+	locMu     sync.Mutex
+	locations map[string]location
+	evictSub  *nats.Subscription
+
 	pubMu     sync.RWMutex
 	public    map[string]*roomValue // public rooms, mirrored by a watcher
 	listReady chan struct{}
@@ -112,7 +116,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Store{cfg: cfg, log: opts.Logger, node: cfg.NodeID, sinks: map[string]*sink{}, public: map[string]*roomValue{}, listReady: make(chan struct{})}
+	s := &Store{cfg: cfg, log: opts.Logger, node: cfg.NodeID, sinks: map[string]*sink{}, locations: map[string]location{}, public: map[string]*roomValue{}, listReady: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -142,6 +146,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 		nats.Timeout(cfg.OpTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			s.connected.Store(false)
+			if err == nil {
+				return // closed by us
+			}
 			s.log.Error("NATS connection lost: rooms and cross-node delivery are unavailable until it is back; retrying", "err", err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
@@ -215,6 +222,10 @@ func New(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.sub.SetPendingLimits(1<<20, 256<<20)
+	if s.evictSub, err = nc.Subscribe(cfg.Prefix+evictSubject, s.onEvict); err != nil {
+		return nil, err
+	}
+	s.evictSub.SetPendingLimits(1<<20, 64<<20)
 	if err := nc.FlushWithContext(octx); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -259,6 +270,9 @@ func (s *Store) Close() error {
 		s.wg.Wait()
 		if s.sub != nil {
 			s.sub.Unsubscribe()
+		}
+		if s.evictSub != nil {
+			s.evictSub.Unsubscribe()
 		}
 		s.nc.Close()
 	})

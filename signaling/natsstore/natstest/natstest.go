@@ -79,13 +79,13 @@ func (c *Cluster) URLs() []string {
 	return out
 }
 
-func freePort(t testing.TB) int {
+func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 type logWriter struct {
@@ -106,15 +106,34 @@ func (w logWriter) Write(p []byte) (int, error) {
 // JetStream answers on every one of them. Processes are killed at cleanup.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
-	bin := Binary(t)
-	dir := t.TempDir()
+	c, err := Start(Binary(t), t.TempDir(), n)
+	if c != nil {
+		t.Cleanup(c.Kill)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// Start runs n nats-server processes from bin with their stores under dir
+// (see StartCluster). On error the servers started so far are still in the
+// returned Cluster for the caller to Kill.
+func Start(bin, dir string, n int) (*Cluster, error) {
 	c := &Cluster{}
 	cports := make([]int, n)
 	for i := range cports {
-		cports[i] = freePort(t)
+		p, err := freePort()
+		if err != nil {
+			return c, err
+		}
+		cports[i] = p
 	}
 	for i := 0; i < n; i++ {
-		port := freePort(t)
+		port, err := freePort()
+		if err != nil {
+			return c, err
+		}
 		name := fmt.Sprintf("rzv-test-%d", i)
 		args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(port), "-n", name, "-js", "-sd", filepath.Join(dir, name)}
 		if n > 1 {
@@ -131,23 +150,28 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		w := logWriter{&s.mu, s.log}
 		s.cmd.Stdout, s.cmd.Stderr = w, w
 		if err := s.cmd.Start(); err != nil {
-			t.Fatalf("start nats-server: %v", err)
+			return c, fmt.Errorf("start nats-server: %v", err)
 		}
 		go func() { s.cmd.Wait(); close(s.done) }()
 		c.Servers = append(c.Servers, s)
 	}
-	t.Cleanup(func() {
-		for _, s := range c.Servers {
-			s.Kill()
-		}
-	})
 	for _, s := range c.Servers {
 		if err := s.waitJetStream(30 * time.Second); err != nil {
-			t.Fatalf("nats-server %s not ready: %v\n%s", s.Name, err, s.Log())
+			return c, fmt.Errorf("nats-server %s not ready: %v\n%s", s.Name, err, s.Log())
 		}
 	}
-	return c
+	return c, nil
 }
+
+// Kill stops every server.
+func (c *Cluster) Kill() {
+	for _, s := range c.Servers {
+		s.Kill()
+	}
+}
+
+// PID is the server's process id.
+func (s *Server) PID() int { return s.cmd.Process.Pid }
 
 // Log is what the server printed so far.
 func (s *Server) Log() string {

@@ -1,0 +1,504 @@
+// Command scaleout measures signaling scale-out over NATS: idle peers spread
+// over several rendezvous node processes that share state in a 3-server NATS
+// JetStream cluster (all on loopback), memory and CPU per peer, join latency
+// across nodes and cross-node signal delivery rate. With -write it replaces
+// its section of docs/benchmarks.md.
+//
+//	ulimit -n 65536; go run ./bench/scaleout -peers 30000 -write
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rendezvous-p2p/rendezvous/internal/benchdoc"
+	"github.com/rendezvous-p2p/rendezvous/signaling"
+	"github.com/rendezvous-p2p/rendezvous/signaling/client"
+	"github.com/rendezvous-p2p/rendezvous/signaling/natsstore"
+	"github.com/rendezvous-p2p/rendezvous/signaling/natsstore/natstest"
+)
+
+func main() {
+	role := flag.String("role", "drive", "drive | node (internal)")
+	natsURLs := flag.String("nats", "", "node: NATS URLs, comma separated")
+	peers := flag.Int("peers", 9000, "idle peers in total, spread over the nodes")
+	nodes := flag.Int("nodes", 3, "rendezvous node processes")
+	joins := flag.Int("joins", 300, "cross-node joins timed")
+	pairs := flag.Int("pairs", 60, "sender/receiver pairs for the delivery rate")
+	write := flag.Bool("write", false, "write docs/benchmarks.md")
+	flag.Parse()
+	if *role == "node" {
+		runNode(strings.Split(*natsURLs, ","))
+		return
+	}
+	drive(*nodes, *peers, *joins, *pairs, *write)
+}
+
+// ---- node process ----
+
+type nodeStats struct {
+	Peers      int     `json:"peers"`
+	HeapStack  uint64  `json:"heap_stack"`
+	RSS        uint64  `json:"rss"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	Goroutines int     `json:"goroutines"`
+}
+
+func runNode(urls []string) {
+	cfg := natsstore.DefaultConfig()
+	cfg.URLs = urls
+	cfg.Prefix = "bench"
+	st, err := natsstore.New(context.Background(), cfg, natsstore.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		log.Fatal(err)
+	}
+	scfg := signaling.DefaultConfig()
+	scfg.Open = signaling.OpenAll
+	scfg.MaxConnsPerIP = 1 << 20
+	scfg.MaxPeers = 1 << 20
+	scfg.MsgRate = 100000
+	scfg.MsgBurst = 100000
+	scfg.SendQueue = 4096
+	reg := prometheus.NewRegistry()
+	srv, err := signaling.New(scfg, signaling.Options{Store: st, Registerer: reg})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", srv.Handler())
+	mux.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
+		runtime.GC()
+		debug.FreeOSMemory()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+		json.NewEncoder(w).Encode(nodeStats{
+			Peers: int(gauge(reg, "rendezvous_signaling_peers")), HeapStack: ms.HeapInuse + ms.StackInuse,
+			RSS: rss(os.Getpid()), CPUSeconds: cpu, Goroutines: runtime.NumGoroutine(),
+		})
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go srv.Run(ctx)
+	<-srv.Ready()
+	hs := &http.Server{Handler: mux}
+	go hs.Serve(l)
+	fmt.Println("LISTEN", l.Addr().String())
+	<-ctx.Done()
+	hs.Close()
+	st.Close()
+}
+
+func gauge(reg *prometheus.Registry, name string) float64 {
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.Metric) > 0 {
+			return mf.Metric[0].GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+// rss reads VmRSS of pid in bytes.
+func rss(pid int) uint64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// cpuSeconds reads utime+stime of pid.
+func cpuSeconds(pid int) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100 // USER_HZ
+}
+
+// ---- driver ----
+
+type node struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+func (n *node) url() string { return "http://" + n.addr }
+
+func (n *node) stats() nodeStats {
+	resp, err := http.Get(n.url() + "/stats")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s nodeStats
+	json.NewDecoder(resp.Body).Decode(&s)
+	return s
+}
+
+func startNode(urls []string) *node {
+	self, err := os.Executable()
+	if err != nil {
+		log.Fatal(err)
+	}
+	cmd := exec.Command(self, "-role", "node", "-nats", strings.Join(urls, ","))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if addr, ok := strings.CutPrefix(sc.Text(), "LISTEN "); ok {
+			go func() {
+				for sc.Scan() {
+				}
+			}()
+			return &node{cmd: cmd, addr: addr}
+		}
+	}
+	log.Fatal("node exited before listening")
+	return nil
+}
+
+func dial(ctx context.Context, url, name string) (*client.Client, error) {
+	return client.Dial(ctx, client.Config{URL: url, NoReconnect: true, EventBuffer: 4096, Register: client.Register{Name: name, PublicKey: "a2V5"}})
+}
+
+func pct(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return d[min(len(d)-1, int(q*float64(len(d))))]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		log.Fatal("nats-server not found (apt-get install nats-server)")
+	}
+	dir, err := os.MkdirTemp("", "rzv-scaleout-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	cluster, err := natstest.Start(bin, dir, 3)
+	defer cluster.Kill()
+	if err != nil {
+		log.Fatal(err)
+	}
+	natsRSS0 := uint64(0)
+	for _, s := range cluster.Servers {
+		natsRSS0 += rss(s.PID())
+	}
+	var nodes []*node
+	for i := range nNodes {
+		urls := cluster.URLs()
+		j := i % len(urls)
+		urls[0], urls[j] = urls[j], urls[0]
+		nodes = append(nodes, startNode(urls))
+	}
+	defer func() {
+		for _, n := range nodes {
+			n.cmd.Process.Signal(os.Interrupt)
+			n.cmd.Wait()
+		}
+	}()
+	base := make([]nodeStats, nNodes)
+	for i, n := range nodes {
+		base[i] = n.stats()
+	}
+	ctx := context.Background()
+
+	// Idle peers.
+	log.Printf("connecting %d idle peers over %d nodes", nPeers, nNodes)
+	var clients []*client.Client
+	var mu sync.Mutex
+	var next atomic.Int64
+	var failed atomic.Int64
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= nPeers {
+					return
+				}
+				cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+				c, err := dial(cctx, nodes[i%nNodes].url(), "idle"+strconv.Itoa(i))
+				cancel()
+				if err != nil {
+					if failed.Add(1) < 5 {
+						log.Print(err)
+					}
+					continue
+				}
+				go func() {
+					for range c.Events() {
+					}
+				}()
+				mu.Lock()
+				clients = append(clients, c)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	connectRate := float64(len(clients)) / time.Since(t0).Seconds()
+	log.Printf("%d peers connected (%d failed) at %.0f/s", len(clients), failed.Load(), connectRate)
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+
+	// Idle CPU over 20 s (heartbeats and NATS node heartbeats only).
+	cpu0 := make([]float64, nNodes)
+	for i, n := range nodes {
+		cpu0[i] = cpuSeconds(n.cmd.Process.Pid)
+	}
+	natsCPU0 := 0.0
+	for _, s := range cluster.Servers {
+		natsCPU0 += cpuSeconds(s.PID())
+	}
+	const idleFor = 20 * time.Second
+	time.Sleep(idleFor)
+	idleCPU := 0.0
+	for i, n := range nodes {
+		idleCPU += cpuSeconds(n.cmd.Process.Pid) - cpu0[i]
+	}
+	natsIdleCPU := -natsCPU0
+	for _, s := range cluster.Servers {
+		natsIdleCPU += cpuSeconds(s.PID())
+	}
+	var heap, rssSum uint64
+	peersSeen := 0
+	for i, n := range nodes {
+		s := n.stats()
+		heap += s.HeapStack - base[i].HeapStack
+		rssSum += s.RSS - base[i].RSS
+		peersSeen += s.Peers
+	}
+	natsRSS := uint64(0)
+	for _, s := range cluster.Servers {
+		natsRSS += rss(s.PID())
+	}
+	idle := len(clients)
+
+	// Join latency across nodes: host on node i, joiner on node i+1.
+	log.Printf("timing %d cross-node joins", nJoins)
+	var joinLat []time.Duration
+	for i := range nJoins {
+		h, err := dial(ctx, nodes[i%nNodes].url(), "host")
+		if err != nil {
+			log.Fatal(err)
+		}
+		j, err := dial(ctx, nodes[(i+1)%nNodes].url(), "joiner")
+		if err != nil {
+			log.Fatal(err)
+		}
+		room, err := h.CreateRoom(ctx, client.CreateRoom{})
+		if err != nil {
+			log.Fatal(err)
+		}
+		t := time.Now()
+		if _, err := j.Join(ctx, client.Join{Code: room.Room.Code}); err != nil {
+			log.Fatal(err)
+		}
+		joinLat = append(joinLat, time.Since(t))
+		h.Close()
+		j.Close()
+	}
+
+	// Cross-node signal delivery: nPairs pairs, sender and receiver on
+	// different nodes, every sender signalling as fast as acks come back
+	// (8 in flight), 10 s.
+	log.Printf("cross-node signals with %d pairs", nPairs)
+	var received atomic.Int64
+	var sigLat []time.Duration
+	var sigMu sync.Mutex
+	type pair struct{ s, r *client.Client }
+	var ps []pair
+	for i := range nPairs {
+		s, err := dial(ctx, nodes[i%nNodes].url(), "sender")
+		if err != nil {
+			log.Fatal(err)
+		}
+		r, err := dial(ctx, nodes[(i+1)%nNodes].url(), "receiver")
+		if err != nil {
+			log.Fatal(err)
+		}
+		room, err := s.CreateRoom(ctx, client.CreateRoom{})
+		if err != nil {
+			log.Fatal(err)
+		}
+		if _, err := r.Join(ctx, client.Join{Code: room.Room.Code}); err != nil {
+			log.Fatal(err)
+		}
+		ps = append(ps, pair{s, r})
+		go func() {
+			for ev := range r.Events() {
+				if ev.Type != client.TypeSignal {
+					continue
+				}
+				var sg client.Signal
+				ev.Decode(&sg)
+				var sent int64
+				json.Unmarshal(sg.Payload, &sent)
+				received.Add(1)
+				if sent%16 == 0 {
+					sigMu.Lock()
+					sigLat = append(sigLat, time.Since(time.Unix(0, sent)))
+					sigMu.Unlock()
+				}
+			}
+		}()
+		go func() {
+			for range s.Events() {
+			}
+		}()
+		go func(s *client.Client, to, roomID string) {
+			<-startSignals
+			sctx, cancel := context.WithDeadline(ctx, signalEnd)
+			defer cancel()
+			var inflight sync.WaitGroup
+			sem := make(chan struct{}, 8)
+			for sctx.Err() == nil {
+				sem <- struct{}{}
+				inflight.Add(1)
+				go func() {
+					defer inflight.Done()
+					defer func() { <-sem }()
+					s.Signal(sctx, to, roomID, time.Now().UnixNano())
+				}()
+			}
+			inflight.Wait()
+		}(s, r.PeerID(), room.Room.ID)
+	}
+	const signalFor = 10 * time.Second
+	signalEnd = time.Now().Add(signalFor + 200*time.Millisecond)
+	cpuS := make([]float64, nNodes)
+	for i, n := range nodes {
+		cpuS[i] = cpuSeconds(n.cmd.Process.Pid)
+	}
+	natsS := 0.0
+	for _, s := range cluster.Servers {
+		natsS += cpuSeconds(s.PID())
+	}
+	r0 := received.Load()
+	t1 := time.Now()
+	close(startSignals)
+	time.Sleep(signalFor)
+	rate := float64(received.Load()-r0) / time.Since(t1).Seconds()
+	sigCPU := 0.0
+	for i, n := range nodes {
+		sigCPU += cpuSeconds(n.cmd.Process.Pid) - cpuS[i]
+	}
+	natsSigCPU := -natsS
+	for _, s := range cluster.Servers {
+		natsSigCPU += cpuSeconds(s.PID())
+	}
+	sigMu.Lock()
+	lat := slices.Clone(sigLat)
+	sigMu.Unlock()
+	for _, p := range ps {
+		p.s.Close()
+		p.r.Close()
+	}
+
+	perPeer := func(b uint64) string { return fmt.Sprintf("%.1f KiB", float64(b)/float64(idle)/1024) }
+	var b strings.Builder
+	fmt.Fprintf(&b, "## Scale-out: idle peers over several nodes sharing state in NATS\n\n")
+	fmt.Fprintf(&b, "Command: `ulimit -n 65536; go run ./bench/scaleout -peers %d -write` (from the repository root; needs nats-server)\n\n", nPeers)
+	fmt.Fprintf(&b, "A 3-server NATS JetStream cluster (nats-server %s, buckets with 3 replicas; serial writes, see docs/scale-out.md) and %d rendezvous\n", serverVersion(), nNodes)
+	fmt.Fprintf(&b, "node processes (package signaling + signaling/natsstore), all on loopback of one machine, with the load generator (signaling/client) in the driver process.\n")
+	fmt.Fprintf(&b, "%s; load average at start %s.\n\n", benchdoc.Machine(), loadavg())
+	fmt.Fprintf(&b, "| %d idle peers over %d nodes | value |\n|---|---|\n", idle, nNodes)
+	fmt.Fprintf(&b, "| peers registered (sum of the nodes' gauges) | %d |\n", peersSeen)
+	fmt.Fprintf(&b, "| connect + register rate (64 at once) | %.0f /s |\n", connectRate)
+	fmt.Fprintf(&b, "| node Go heap+stack per peer | %s |\n", perPeer(heap))
+	fmt.Fprintf(&b, "| node RSS per peer | %s |\n", perPeer(rssSum))
+	fmt.Fprintf(&b, "| NATS servers' RSS growth per peer (3 replicas) | %s |\n", perPeer(natsRSS-natsRSS0))
+	fmt.Fprintf(&b, "| node CPU while idle (all nodes, %v) | %.1f %% of a core (%.2f µs/peer/s) |\n", idleFor, 100*idleCPU/idleFor.Seconds(), 1e6*idleCPU/idleFor.Seconds()/float64(idle))
+	fmt.Fprintf(&b, "| NATS CPU while idle (3 servers) | %.1f %% of a core |\n", 100*natsIdleCPU/idleFor.Seconds())
+	fmt.Fprintf(&b, "| join by code across nodes, P50 / P99 (%d joins, one at a time) | %s / %s |\n", len(joinLat), ms(pct(joinLat, 0.5)), ms(pct(joinLat, 0.99)))
+	fmt.Fprintf(&b, "| cross-node signal deliveries/s (%d pairs, 8 in flight each) | %.0f |\n", nPairs, rate)
+	fmt.Fprintf(&b, "| cross-node signal latency P50 / P99 | %s / %s |\n", ms(pct(lat, 0.5)), ms(pct(lat, 0.99)))
+	fmt.Fprintf(&b, "| CPU during the signal run: nodes / NATS | %.2f / %.2f cores |\n", sigCPU/signalFor.Seconds(), natsSigCPU/signalFor.Seconds())
+	fmt.Println(b.String())
+	if write {
+		if err := benchdoc.Update("scaleout", b.String()); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+var (
+	startSignals = make(chan struct{})
+	signalEnd    time.Time
+)
+
+func serverVersion() string {
+	out, err := exec.Command("nats-server", "--version").Output()
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(out)), "nats-server: "))
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
