@@ -25,7 +25,7 @@ SERVER_IP=127.0.0.2   # the servers; clients and the peer use 127.0.0.1
 PORT=${PORT:-3478}
 PEER_PORT=${PEER_PORT:-3480}
 OUT=${OUT:-docs/benchmarks.md}
-WORK=$(mktemp -d /tmp/relaybench.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/relaybench.XXXXXX")
 PIDS=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -63,12 +63,24 @@ start_server() { # $1 = coturn|rendezvous; prints the PID
 	echo $!
 }
 
-wait_port() { # wait until something answers STUN on the port
+port_bound() { ss -uln "sport = :$PORT" | grep -q $SERVER_IP; }
+
+wait_port() { # wait until the server has bound the port
 	for _ in $(seq 100); do
-		if ss -uln "sport = :$PORT" | grep -q $SERVER_IP; then return 0; fi
+		if port_bound; then return 0; fi
 		sleep 0.1
 	done
 	echo "server did not start" >&2; return 1
+}
+
+stop_server() { # the server is not our child (started in a subshell): poll until it is gone and the port free
+	kill "$1" 2>/dev/null || true
+	for _ in $(seq 300); do
+		state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo gone)
+		if { [ "$state" = gone ] || [ "$state" = Z ]; } && ! port_bound; then return 0; fi
+		sleep 0.1
+	done
+	kill -9 "$1" 2>/dev/null || true
 }
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
@@ -80,6 +92,7 @@ for round in $(seq "$ROUNDS"); do
 		order="coturn rendezvous"
 		[ $((round % 2)) = 0 ] && order="rendezvous coturn"
 		for server in $order; do
+			if port_bound; then echo "port $PORT is taken by something else" >&2; exit 1; fi
 			pid=$(start_server $server)
 			PIDS+=("$pid")
 			wait_port
@@ -101,7 +114,7 @@ for round in $(seq "$ROUNDS"); do
 			c1=$(cpu_ticks "$pid")
 			drops1=$(awk '/^Udp:/{getline; print $6; exit}' /proc/net/snmp)
 			rss=$(awk '/VmHWM/{print $2}' "/proc/$pid/status")
-			kill "$pid"; wait "$pid" 2>/dev/null || true
+			stop_server "$pid"
 			hz=$(getconf CLK_TCK)
 			awk -v server=$server -v clients=$clients -v round=$round -v cpu=$((c1 - c0)) -v hz="$hz" \
 				-v rss="$rss" -v drops=$((drops1 - drops0)) -v probe="$(cat "$WORK/probe.out")" '
@@ -127,7 +140,8 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # Median over rounds per server and load.
-TABLE=$(sort -k2,2n -k1,1 "$RESULTS" | awk -F'\t' '
+TABLE=$(sort -k2,2n -k1,1 "$RESULTS" | awk -F'\t' '$5 == "" { next } # a run whose client failed
+
 	function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }; return a[int((n + 1) / 2)] }
 	{ key = $2 "\t" $1; n[key]++; i = n[key]; R[key, i] = $4; L[key, i] = $5; P5[key, i] = $6; P9[key, i] = $7; U[key, i] = $8; M[key, i] = $9; D[key, i] = $10
 	  if (!(key in seen)) { seen[key] = 1; order[++k] = key } }
