@@ -362,3 +362,100 @@ func TestKilledNodePeersLeave(t *testing.T) {
 		t.Fatalf("doomed peer record: %v", err)
 	}
 }
+
+// TestNATSOutage: with NATS gone, requests that need the shared state fail
+// with a message that says so; once NATS is back the nodes reconnect by
+// themselves, nobody has been reaped, and signaling works again.
+func TestNATSOutage(t *testing.T) {
+	cluster := natstest.StartCluster(t, 1)
+	cfg := testConfig(cluster.URLs(), "outage")
+	cfg.OpTimeout = 2 * time.Second
+	a, b := startNode(t, cfg), startNode(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	alice := dial(t, a, "alice", "")
+	bob := dial(t, b, "bob", "")
+	room, err := alice.CreateRoom(ctx, client.CreateRoom{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Join(ctx, client.Join{Code: room.Room.Code}); err != nil {
+		t.Fatal(err)
+	}
+
+	cluster.Servers[0].Kill()
+	waitUntil(t, "node a sees the outage", func() bool { return !a.store.Connected() })
+	// (update_peer passes the store's error through; several other
+	// handlers still say only "peer record missing".)
+	err = alice.UpdatePeer(ctx, client.UpdatePeer{Candidates: []client.Candidate{{Type: "host", Addr: "127.0.0.1:5000"}}})
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Code != client.CodeInternal || !strings.Contains(ce.Message, "shared state (NATS) unreachable") {
+		t.Fatalf("update peer during the outage: %v", err)
+	}
+
+	if err := cluster.Servers[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*node{a, b} {
+		waitUntil(t, "reconnected", n.store.Connected)
+	}
+	// Signals flow again between the two nodes, in the same room.
+	waitUntil(t, "signal after the outage", func() bool {
+		return alice.Signal(ctx, bob.PeerID(), room.Room.ID, "after") == nil
+	})
+	waitEvent(t, bob, client.TypeSignal, func(s client.Signal) bool { return string(s.Payload) == `"after"` })
+	if _, err := alice.CreateRoom(ctx, client.CreateRoom{}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.store.Room(ctx, room.Room.ID)
+	if err != nil || len(r.Members) != 2 {
+		t.Fatalf("room after the outage: %+v %v", r, err)
+	}
+}
+
+// TestKeyEscaping: any room id maps to one valid key token and back.
+func TestKeyEscaping(t *testing.T) {
+	for _, id := range []string{"r_abc", "a.b", "..", "", "=", "x=2Ey", "sp ace/ü", "-_"} {
+		k := escape(id)
+		if strings.ContainsAny(k, ". *>") || k == "" {
+			t.Errorf("escape(%q) = %q: not one key token", id, k)
+		}
+		if got := unescape(k); got != id {
+			t.Errorf("unescape(escape(%q)) = %q", id, got)
+		}
+	}
+}
+
+func FuzzKeyEscaping(f *testing.F) {
+	for _, s := range []string{"r_abc", "a.b", "=", "=4", "=zz", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		k := escape(id)
+		if strings.ContainsAny(k, ". *>") || k == "" {
+			t.Fatalf("escape(%q) = %q", id, k)
+		}
+		if got := unescape(k); got != id {
+			t.Fatalf("unescape(escape(%q)) = %q", id, got)
+		}
+		unescape(id) // never panics on arbitrary keys
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := DefaultConfig()
+	bad.URLs = nil
+	bad.Prefix = "a.b"
+	bad.PresenceTTL = time.Second
+	bad.CredsFile = "/nonexistent/x.creds"
+	bad.TLS.CertFile = "/nonexistent/c.pem"
+	err := bad.Validate()
+	for _, want := range []string{"urls:", "prefix:", "presence-ttl:", "creds-file:", "tls: cert-file and key-file"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v; want it to mention %q", err, want)
+		}
+	}
+}

@@ -51,9 +51,11 @@ func (s *Store) heartbeatLoop(ctx context.Context) {
 		switch {
 		case err != nil && !failing:
 			failing = true
+			s.healthySince.Store(0)
 			s.log.Error("heartbeat to NATS failed: if this lasts longer than presence-ttl, other nodes take this node's peers out of their rooms", "err", err, "presence_ttl", s.cfg.PresenceTTL)
 		case err == nil && failing:
 			failing = false
+			s.healthySince.Store(time.Now().UnixNano())
 			s.log.Info("heartbeat to NATS restored")
 		}
 	}
@@ -86,8 +88,15 @@ func (s *Store) reaperLoop(ctx context.Context, leftovers []string) {
 	}
 }
 
-// reapDead reaps every registered node whose heartbeat has expired.
+// reapDead reaps every registered node whose heartbeat has expired. It
+// does nothing until this node's own heartbeats have gone through for one
+// presence-ttl: after a NATS outage every node's heartbeat may have expired,
+// and live nodes need that long to renew theirs.
 func (s *Store) reapDead(ctx context.Context) {
+	since := s.healthySince.Load()
+	if since == 0 || time.Since(time.Unix(0, since)) < s.cfg.PresenceTTL {
+		return
+	}
 	octx, cancel := s.op(ctx)
 	regs, err := s.keys(octx, s.peers.kv, "node.*")
 	cancel()

@@ -83,9 +83,11 @@ type Store struct {
 	listReady chan struct{}
 
 	connected atomic.Bool
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	// healthySince is when heartbeats last started to go through (unix ns), 0 while failing.
+	healthySince atomic.Int64
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	closeOnce    sync.Once
 }
 
 type sink struct{ deliver func([]byte) }
@@ -245,6 +247,8 @@ func New(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 		stop()
 		return nil, fmt.Errorf("%w: loading public rooms: %v", ErrUnavailable, octx.Err())
 	}
+	// Reaping waits one presence-ttl after start too: see reapDead.
+	s.healthySince.Store(time.Now().UnixNano())
 	s.wg.Add(2)
 	go s.heartbeatLoop(bg)
 	go s.reaperLoop(bg, leftovers)

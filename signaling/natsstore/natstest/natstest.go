@@ -60,6 +60,8 @@ type Server struct {
 	URL         string
 	ClusterPort int
 	cmd         *exec.Cmd
+	bin         string
+	args        []string
 	done        chan struct{}
 	log         *strings.Builder
 	mu          sync.Mutex
@@ -146,13 +148,10 @@ func Start(bin, dir string, n int) (*Cluster, error) {
 			args = append(args, "--cluster_name", "rzv-test", "--cluster", "nats://127.0.0.1:"+strconv.Itoa(cports[i]), "--routes", strings.Join(routes, ","))
 		}
 		s := &Server{Name: name, URL: "nats://127.0.0.1:" + strconv.Itoa(port), ClusterPort: cports[i], log: &strings.Builder{}, done: make(chan struct{})}
-		s.cmd = exec.Command(bin, args...)
-		w := logWriter{&s.mu, s.log}
-		s.cmd.Stdout, s.cmd.Stderr = w, w
-		if err := s.cmd.Start(); err != nil {
-			return c, fmt.Errorf("start nats-server: %v", err)
+		s.bin, s.args = bin, args
+		if err := s.start(); err != nil {
+			return c, err
 		}
-		go func() { s.cmd.Wait(); close(s.done) }()
 		c.Servers = append(c.Servers, s)
 	}
 	for _, s := range c.Servers {
@@ -172,6 +171,30 @@ func (c *Cluster) Kill() {
 
 // PID is the server's process id.
 func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+func (s *Server) start() error {
+	s.cmd = exec.Command(s.bin, s.args...)
+	w := logWriter{&s.mu, s.log}
+	s.cmd.Stdout, s.cmd.Stderr = w, w
+	if err := s.cmd.Start(); err != nil {
+		return fmt.Errorf("start nats-server: %v", err)
+	}
+	done := make(chan struct{})
+	s.done = done
+	cmd := s.cmd
+	go func() { cmd.Wait(); close(done) }()
+	return nil
+}
+
+// Restart starts a killed server again on the same ports and store and
+// waits for JetStream.
+func (s *Server) Restart() error {
+	s.Kill()
+	if err := s.start(); err != nil {
+		return err
+	}
+	return s.waitJetStream(30 * time.Second)
+}
 
 // Log is what the server printed so far.
 func (s *Server) Log() string {
