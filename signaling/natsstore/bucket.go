@@ -32,6 +32,8 @@ type bucket struct {
 	// last is a stream sequence known to be applied on the leader: the
 	// expectation of the next serial write.
 	last atomic.Uint64
+	// conflicts counts retried writes.
+	conflicts interface{ Inc() }
 }
 
 // errAbort stops a cas without writing and without error.
@@ -179,6 +181,7 @@ func (b *bucket) cas(ctx context.Context, key string, fn func(cur *entry) (value
 		if !wrongSequence(err) {
 			return 0, err
 		}
+		b.conflicts.Inc()
 		if b.serial {
 			if err := b.refresh(ctx); err != nil {
 				return 0, err

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/rendezvous-p2p/rendezvous/signaling"
 	"github.com/rendezvous-p2p/rendezvous/signaling/client"
@@ -25,6 +26,7 @@ const waitFor = 20 * time.Second
 // node is one rendezvous signaling node (in-process) with its own store.
 type node struct {
 	store *Store
+	reg   *prometheus.Registry
 	hs    *httptest.Server
 	stop  context.CancelFunc
 	done  chan error
@@ -43,7 +45,8 @@ func testConfig(urls []string, prefix string) Config {
 
 func startNode(t *testing.T, cfg Config) *node {
 	t.Helper()
-	st, err := New(context.Background(), cfg, Options{})
+	reg := prometheus.NewRegistry()
+	st, err := New(context.Background(), cfg, Options{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +58,7 @@ func startNode(t *testing.T, cfg Config) *node {
 	}
 	hs := httptest.NewServer(srv.Handler())
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &node{store: st, hs: hs, stop: cancel, done: make(chan error, 1)}
+	n := &node{store: st, reg: reg, hs: hs, stop: cancel, done: make(chan error, 1)}
 	go func() { n.done <- srv.Run(ctx) }()
 	<-srv.Ready()
 	t.Cleanup(n.shutdown)
@@ -313,10 +316,11 @@ func TestConcurrentJoinsRespectCapacity(t *testing.T) {
 func TestKilledNodePeersLeave(t *testing.T) {
 	cluster := natstest.StartCluster(t, 3)
 	cfg := testConfig(cluster.URLs(), "kill")
-	a, b := startNode(t, cfg), startNode(t, cfg)
+	a, b, c := startNode(t, cfg), startNode(t, cfg), startNode(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	doomed := dial(t, a, "doomed", "")
+	other := dial(t, c, "other", "")
 	doomed2 := dial(t, a, "doomed2", "")
 	survivor := dial(t, b, "survivor", "")
 	room, err := doomed.CreateRoom(ctx, client.CreateRoom{})
@@ -329,7 +333,10 @@ func TestKilledNodePeersLeave(t *testing.T) {
 	if _, err := doomed2.Join(ctx, client.Join{Code: room.Room.Code}); err != nil {
 		t.Fatal(err)
 	}
-	waitEvent(t, survivor, client.TypePeerJoined, func(p client.PeerJoined) bool { return p.Peer.ID == doomed2.PeerID() })
+	if _, err := other.Join(ctx, client.Join{Code: room.Room.Code}); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, survivor, client.TypePeerJoined, func(p client.PeerJoined) bool { return p.Peer.ID == other.PeerID() })
 
 	killed := time.Now()
 	a.crash()
@@ -354,8 +361,18 @@ func TestKilledNodePeersLeave(t *testing.T) {
 	if !gone[doomed.PeerID()] || !gone[doomed2.PeerID()] || newHost != survivor.PeerID() {
 		t.Fatalf("gone %v new host %q", gone, newHost)
 	}
+	// The peer on the third node was told as well, and both survivors still
+	// talk across nodes.
+	waitEvent(t, other, client.TypePeerLeft, func(p client.PeerLeft) bool { return p.PeerID == doomed2.PeerID() })
+	if err := other.Signal(ctx, survivor.PeerID(), room.Room.ID, "still here"); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, survivor, client.TypeSignal, func(s client.Signal) bool { return s.From == other.PeerID() })
+	if reaped := testutil.ToFloat64(b.store.metrics.reaped) + testutil.ToFloat64(c.store.metrics.reaped); reaped != 2 {
+		t.Fatalf("rendezvous_nats_reaped_peers_total over the survivors = %v, want 2", reaped)
+	}
 	r, err := b.store.Room(ctx, room.Room.ID)
-	if err != nil || len(r.Members) != 1 || r.Host != survivor.PeerID() {
+	if err != nil || len(r.Members) != 2 || r.Host != survivor.PeerID() {
 		t.Fatalf("room after reap: %+v %v", r, err)
 	}
 	if _, err := b.store.Peer(ctx, doomed.PeerID()); !errors.Is(err, signaling.ErrNotFound) {

@@ -122,6 +122,7 @@ func (s *Store) reapDead(ctx context.Context) {
 			continue
 		}
 		s.log.Warn("node stopped heartbeating: taking its peers out of their rooms", "node", node)
+		s.metrics.deadNodes.Inc()
 		if s.reapNode(ctx, node) {
 			octx, cancel := s.op(ctx)
 			s.peers.del(octx, "node."+node)
@@ -167,6 +168,7 @@ func (s *Store) reapPeer(ctx context.Context, node, id string) bool {
 		if gone, err := s.deletePeer(octx, id, v.Rev); err != nil || gone == nil {
 			return false // changed meanwhile: the next pass looks again
 		}
+		s.metrics.reaped.Inc()
 		for _, roomID := range v.Rooms {
 			s.leave(ctx, id, roomID)
 		}

@@ -44,6 +44,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rendezvous-p2p/rendezvous/signaling"
 )
@@ -54,6 +55,8 @@ var ErrUnavailable = errors.New("shared state (NATS) unreachable")
 // Options are the collaborators of a Store.
 type Options struct {
 	Logger *slog.Logger
+	// Registerer receives the rendezvous_nats_* metrics; nil means none.
+	Registerer prometheus.Registerer
 	// Name is the NATS connection name shown by the server (default "rendezvous <node>").
 	Name string
 }
@@ -61,9 +64,10 @@ type Options struct {
 // Store is the NATS-backed signaling.Store. Close it after the signaling
 // server has stopped.
 type Store struct {
-	cfg  Config
-	log  *slog.Logger
-	node string
+	cfg     Config
+	log     *slog.Logger
+	node    string
+	metrics *metrics
 
 	nc           *nats.Conn
 	js           jetstream.JetStream
@@ -122,6 +126,15 @@ func New(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	reg := opts.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg, s)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
 	if s.node == "" {
 		host, _ := os.Hostname()
 		host = strings.Map(func(r rune) rune {
@@ -322,7 +335,7 @@ func (s *Store) bucket(ctx context.Context, name string, replicas int, ttl time.
 	if err != nil {
 		return nil, fmt.Errorf("%w: bucket %s: %v", ErrUnavailable, bucketName, err)
 	}
-	return &bucket{kv: kv, js: s.js, stream: stream, subj: "$KV." + bucketName + ".", serial: serial}, nil
+	return &bucket{kv: kv, js: s.js, stream: stream, subj: "$KV." + bucketName + ".", serial: serial, conflicts: s.metrics.conflicts}, nil
 }
 
 // serverAtLeast compares a "major.minor.patch" server version.
@@ -341,6 +354,11 @@ func serverAtLeast(version string, major, minor int) bool {
 
 func (s *Store) op(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.cfg.OpTimeout)
+}
+
+func (s *Store) unavailable(what string, err error) error {
+	s.metrics.unavailable.Inc()
+	return unavailable(what, err)
 }
 
 func unavailable(what string, err error) error {
@@ -410,7 +428,7 @@ func (s *Store) CreateRoom(ctx context.Context, r *signaling.Room) error {
 	case errors.Is(err, signaling.ErrCodeTaken):
 		return err
 	case err != nil:
-		return unavailable("create room", err)
+		return s.unavailable("create room", err)
 	}
 	v := roomValue{Room: *r, Seq: codeRev}
 	v.Members = slices.Clone(r.Members)
@@ -435,7 +453,7 @@ func (s *Store) CreateRoom(ctx context.Context, r *signaling.Room) error {
 		if errors.Is(err, signaling.ErrRoomExists) {
 			return err
 		}
-		return unavailable("create room", err)
+		return s.unavailable("create room", err)
 	}
 	v.Rev = rev
 	s.notePublic(&v)
@@ -457,7 +475,7 @@ func (s *Store) getRoom(ctx context.Context, id string) (*roomValue, error) {
 		return nil, signaling.ErrNotFound
 	}
 	if err != nil {
-		return nil, unavailable("room", err)
+		return nil, s.unavailable("room", err)
 	}
 	return decodeRoom(&entry{Value: e.Value(), Rev: e.Revision()})
 }
@@ -480,7 +498,7 @@ func (s *Store) RoomByCode(ctx context.Context, code string) (*signaling.Room, e
 		return nil, signaling.ErrNotFound
 	}
 	if err != nil {
-		return nil, unavailable("room by code", err)
+		return nil, s.unavailable("room by code", err)
 	}
 	v, err := s.getRoom(ctx, string(e.Value()))
 	if err != nil {
@@ -520,7 +538,7 @@ func (s *Store) UpdateRoom(ctx context.Context, id string, fn func(r *signaling.
 	})
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) || transient(err) || errors.Is(err, errContention) {
-			return nil, unavailable("update room", err)
+			return nil, s.unavailable("update room", err)
 		}
 		return nil, err
 	}
@@ -650,13 +668,13 @@ func (s *Store) PutPeer(ctx context.Context, p *signaling.PeerRecord) error {
 	// The index first: a record is never without the index that lets the
 	// reaper find it.
 	if _, err := s.peers.put(ctx, indexKey(s.node, p.ID), nil); err != nil {
-		return unavailable("put peer", err)
+		return s.unavailable("put peer", err)
 	}
 	v := peerValue{PeerRecord: *p, Node: s.node}
 	v.Rev = 0
 	data, _ := json.Marshal(&v)
 	if _, err := s.peers.put(ctx, peerKey(p.ID), data); err != nil {
-		return unavailable("put peer", err)
+		return s.unavailable("put peer", err)
 	}
 	return nil
 }
@@ -676,7 +694,7 @@ func (s *Store) getPeer(ctx context.Context, id string) (*peerValue, error) {
 		return nil, signaling.ErrNotFound
 	}
 	if err != nil {
-		return nil, unavailable("peer", err)
+		return nil, s.unavailable("peer", err)
 	}
 	return decodePeer(&entry{Value: e.Value(), Rev: e.Revision()})
 }
@@ -721,7 +739,7 @@ func (s *Store) updatePeer(ctx context.Context, id string, fn func(v *peerValue)
 	})
 	if err != nil {
 		if transient(err) || errors.Is(err, errContention) {
-			return nil, unavailable("update peer", err)
+			return nil, s.unavailable("update peer", err)
 		}
 		return nil, err
 	}
@@ -755,11 +773,11 @@ func (s *Store) DeletePeer(ctx context.Context, id string) error {
 	defer cancel()
 	v, err := s.deletePeer(ctx, id, 0)
 	if err != nil {
-		return unavailable("delete peer", err)
+		return s.unavailable("delete peer", err)
 	}
 	if v != nil {
 		if err := retry(ctx, func(ctx context.Context) error { return s.peers.kv.Delete(ctx, indexKey(v.Node, id)) }); err != nil {
-			return unavailable("delete peer", err)
+			return s.unavailable("delete peer", err)
 		}
 	}
 	return nil
