@@ -44,6 +44,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/rendezvous-p2p/rendezvous/internal/certs"
 	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 	"github.com/rendezvous-p2p/rendezvous/internal/stunserver"
 )
@@ -71,7 +72,7 @@ type Server struct {
 	sockBuf          int
 
 	creds   atomic.Pointer[credentials]
-	cert    atomic.Pointer[tls.Certificate]
+	certs   atomic.Pointer[certs.Source] // TURN/TLS certificate, when configured
 	filter  atomic.Pointer[peerFilter]
 	limits  atomic.Pointer[limits]
 	own     atomic.Pointer[ownAddrs]
@@ -187,16 +188,11 @@ func (s *Server) Reload(cfg Config) error {
 	if err != nil {
 		return err
 	}
-	var cert *tls.Certificate
-	if cfg.TLSEnabled() && s.cert.Load() != nil {
-		c, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
-		if err != nil {
+	if src := s.certs.Load(); src != nil {
+		// Re-read the files now; a bad pair is refused and the old one kept.
+		if err := src.Reload(); err != nil {
 			return fmt.Errorf("cert-file: %w", err)
 		}
-		cert = &c
-	}
-	if cert != nil {
-		s.cert.Store(cert)
 	}
 	s.creds.Store(newCredentials(cfg))
 	s.filter.Store(f)
@@ -261,11 +257,13 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	closers = append(closers, func() { tcpLn.Close() })
 	listeners := []net.Listener{&turnListener{Listener: tcpLn, s: s}}
 	if s.cfg.TLSEnabled() {
-		cert, err := tls.LoadX509KeyPair(s.cfg.CertFile, s.cfg.KeyFile)
+		// internal/certs checks the files on every handshake, so a renewed
+		// certificate is served without a restart or a reload.
+		src, err := certs.New(certs.Config{CertFile: s.cfg.CertFile, KeyFile: s.cfg.KeyFile}, certs.Options{Logger: s.log})
 		if err != nil {
 			return fmt.Errorf("cert-file: %w", err)
 		}
-		s.cert.Store(&cert)
+		s.certs.Store(src)
 		tlsLn, err := network.Listen(ctx, "tcp", s.cfg.TLSListen)
 		if err != nil {
 			return netx.BindError("tcp", s.cfg.TLSListen, "another TURN server", err)
@@ -275,9 +273,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		s.tlsAddr = addrPortOf(tlsLn.Addr())
 		s.mu.Unlock()
 		listeners = append(listeners, &turnListener{s: s,
-			Listener: tls.NewListener(tlsLn, &tls.Config{MinVersion: tls.VersionTLS12,
-				// Reload re-reads the files, so a renewed certificate needs no restart.
-				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cert.Load(), nil }})})
+			Listener: tls.NewListener(tlsLn, src.TLSConfig())})
 	}
 
 	// STUN Binding in front of pion, sharing the primary UDP socket.

@@ -171,6 +171,10 @@ func New(cfg config.Config, opts Options) (*App, error) {
 // once and kept in the state directory, so credentials survive restarts.
 func Effective(cfg config.Config, st state.Secrets) (relay.Config, signaling.Config, error) {
 	r, s := cfg.Relay, cfg.Signaling
+	if r.CertFile == "" && cfg.TLS.CertFile != "" {
+		// One certificate for HTTPS and TURN over TLS unless the relay has its own.
+		r.CertFile, r.KeyFile = cfg.TLS.CertFile, cfg.TLS.KeyFile
+	}
 	if len(r.AuthSecrets) == 0 {
 		secret, err := st.Secret("turn-secret")
 		if err != nil {

@@ -29,6 +29,7 @@ func testConfig(t *testing.T) config.Config {
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	cfg.Relay.Listen = "127.0.0.1:0"
 	cfg.Relay.RelayAddress = "127.0.0.1"
+	cfg.Relay.TLSListen = "127.0.0.1:0"
 	cfg.PublicHost = "127.0.0.1"
 	cfg.ShutdownTimeout = 5 * time.Second
 	return cfg
