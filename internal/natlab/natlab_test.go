@@ -522,6 +522,22 @@ func TestUDPTimeout(t *testing.T) {
 // delivers early, so the lower bound is safe under load).
 func TestNetem(t *testing.T) {
 	t.Parallel()
+	Require(t)
+	if !HasNetem() {
+		// No netem in this kernel (it cannot be added at run time). Benchmarks
+		// fall back to delaying in their own sockets on HasNetem's word, so it
+		// must agree with tc and say why.
+		lab := New(t, Topology{Routers: []Router{{Name: "a", NAT: PortRestricted, Hosts: 1}}})
+		out, err := exec.Command("tc", "-n", lab.Router("a").Netns(), "qdisc", "add", "dev", "rz-wan", "root", "netem", "delay", "1ms").CombinedOutput()
+		if err == nil {
+			t.Fatalf("HasNetem says no, but tc added a netem qdisc: %s", out)
+		}
+		if !strings.Contains(netemReason, "CONFIG_NET_SCH_NETEM") {
+			t.Fatalf("the reason %q does not name the missing kernel option", netemReason)
+		}
+		t.Logf("no netem here (%s): checked that detection agrees with tc", netemReason)
+		return
+	}
 	lab := New(t, Topology{Routers: []Router{{Name: "a", NAT: PortRestricted, Hosts: 1, Netem: &Netem{Delay: 60 * time.Millisecond}}}})
 	out, err := exec.Command("tc", "-n", lab.Router("a").Netns(), "qdisc", "show", "dev", "rz-wan").CombinedOutput()
 	if err != nil || !bytes.Contains(out, []byte("netem")) || !bytes.Contains(out, []byte("delay 60ms")) {
