@@ -4,7 +4,7 @@
 // across nodes and cross-node signal delivery rate. With -write it replaces
 // its section of docs/benchmarks.md.
 //
-//	ulimit -n 65536; go run ./bench/scaleout -peers 30000 -write
+//	go run ./bench/scaleout -peers 15000 -write   # open-file limit > peers
 package main
 
 import (
@@ -65,13 +65,20 @@ type nodeStats struct {
 	Goroutines int     `json:"goroutines"`
 }
 
+// runNode serves one rendezvous node; no urls means state: memory.
 func runNode(urls []string) {
-	cfg := natsstore.DefaultConfig()
-	cfg.URLs = urls
-	cfg.Prefix = "bench"
-	st, err := natsstore.New(context.Background(), cfg, natsstore.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		log.Fatal(err)
+	var store signaling.Store
+	var st *natsstore.Store
+	if len(urls) > 0 && urls[0] != "" {
+		cfg := natsstore.DefaultConfig()
+		cfg.URLs = urls
+		cfg.Prefix = "bench"
+		var err error
+		st, err = natsstore.New(context.Background(), cfg, natsstore.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		if err != nil {
+			log.Fatal(err)
+		}
+		store = st
 	}
 	scfg := signaling.DefaultConfig()
 	scfg.Open = signaling.OpenAll
@@ -81,7 +88,7 @@ func runNode(urls []string) {
 	scfg.MsgBurst = 100000
 	scfg.SendQueue = 4096
 	reg := prometheus.NewRegistry()
-	srv, err := signaling.New(scfg, signaling.Options{Store: st, Registerer: reg})
+	srv, err := signaling.New(scfg, signaling.Options{Store: store, Registerer: reg})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -113,7 +120,9 @@ func runNode(urls []string) {
 	fmt.Println("LISTEN", l.Addr().String())
 	<-ctx.Done()
 	hs.Close()
-	st.Close()
+	if st != nil {
+		st.Close()
+	}
 }
 
 func gauge(reg *prometheus.Registry, name string) float64 {
@@ -333,15 +342,77 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	}
 	idle := len(clients)
 
-	// Join latency across nodes: host on node i, joiner on node i+1.
+	// Join latency and signal rate across nodes (host/sender on node i,
+	// joiner/receiver on node i+1), then the same on one node with the
+	// in-memory store, side by side.
 	log.Printf("timing %d cross-node joins", nJoins)
-	var joinLat []time.Duration
-	for i := range nJoins {
-		h, err := dial(ctx, nodes[i%nNodes].url(), "host")
+	joinLat := timeJoins(ctx, nJoins, func(i int) string { return nodes[i%nNodes].url() }, func(i int) string { return nodes[(i+1)%nNodes].url() })
+	log.Printf("cross-node signals with %d pairs", nPairs)
+	pids := []int{}
+	for _, n := range nodes {
+		pids = append(pids, n.cmd.Process.Pid)
+	}
+	var natsPIDs []int
+	for _, s := range cluster.Servers {
+		natsPIDs = append(natsPIDs, s.PID())
+	}
+	xs := signalRun(ctx, nPairs, func(i int) string { return nodes[i%nNodes].url() }, func(i int) string { return nodes[(i+1)%nNodes].url() }, pids, natsPIDs)
+
+	mem := startNode(nil)
+	defer func() {
+		mem.cmd.Process.Signal(os.Interrupt)
+		mem.cmd.Wait()
+	}()
+	memURL := func(int) string { return mem.url() }
+	log.Printf("the same on one node with state: memory")
+	memJoinLat := timeJoins(ctx, nJoins, memURL, memURL)
+	ms1 := signalRun(ctx, nPairs, memURL, memURL, []int{mem.cmd.Process.Pid}, nil)
+
+	perPeer := func(b uint64) string { return fmt.Sprintf("%.1f KiB", float64(b)/float64(idle)/1024) }
+	var b strings.Builder
+	fmt.Fprintf(&b, "## Scale-out: idle peers over several nodes sharing state in NATS\n\n")
+	fmt.Fprintf(&b, "Command: `go run ./bench/scaleout -peers %d -write` (from the repository root; needs nats-server and an open-file limit above the\npeer count: the driver holds one socket per peer; about 3 minutes)\n\n", nPeers)
+	fmt.Fprintf(&b, "A 3-server NATS JetStream cluster (nats-server %s, buckets with 3 replicas; serial writes, see docs/scale-out.md) and %d rendezvous\n", serverVersion(), nNodes)
+	fmt.Fprintf(&b, "node processes (package signaling + signaling/natsstore), all on loopback of one machine, with the load generator (signaling/client) in the driver process.\n")
+	fmt.Fprintf(&b, "%s; load average at start %s.\n\n", benchdoc.Machine(), loadavg())
+	fmt.Fprintf(&b, "| %d idle peers over %d nodes | value |\n|---|---|\n", idle, nNodes)
+	fmt.Fprintf(&b, "| peers registered (sum of the nodes' gauges) | %d |\n", peersSeen)
+	fmt.Fprintf(&b, "| connect + register rate (64 at once) | %.0f /s |\n", connectRate)
+	fmt.Fprintf(&b, "| node Go heap+stack per peer | %s |\n", perPeer(heap))
+	fmt.Fprintf(&b, "| node RSS per peer | %s |\n", perPeer(rssSum))
+	fmt.Fprintf(&b, "| NATS servers' RSS growth per peer (3 replicas) | %s |\n", perPeer(natsRSS-natsRSS0))
+	fmt.Fprintf(&b, "| node CPU while idle (all nodes, %v) | %.1f %% of a core (%.2f µs/peer/s) |\n", idleFor, 100*idleCPU/idleFor.Seconds(), 1e6*idleCPU/idleFor.Seconds()/float64(idle))
+	fmt.Fprintf(&b, "| NATS CPU while idle (3 servers) | %.1f %% of a core |\n", 100*natsIdleCPU/idleFor.Seconds())
+	fmt.Fprintf(&b, "\nThe same requests with both peers on one node using `state: memory` (a fourth node process, same run):\n\n")
+	fmt.Fprintf(&b, "| | NATS, across nodes | memory, one node | ratio |\n|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| join by code P50 (%d joins, one at a time) | %s | %s | %.1f |\n", nJoins, ms(pct(joinLat, 0.5)), ms(pct(memJoinLat, 0.5)), ratio(pct(joinLat, 0.5), pct(memJoinLat, 0.5)))
+	fmt.Fprintf(&b, "| join by code P99 | %s | %s | %.1f |\n", ms(pct(joinLat, 0.99)), ms(pct(memJoinLat, 0.99)), ratio(pct(joinLat, 0.99), pct(memJoinLat, 0.99)))
+	fmt.Fprintf(&b, "| signal deliveries/s (%d pairs, 8 in flight each, 10 s) | %.0f | %.0f | %.2f |\n", nPairs, xs.rate, ms1.rate, xs.rate/ms1.rate)
+	fmt.Fprintf(&b, "| signal latency P50 / P99 | %s / %s | %s / %s | |\n", ms(xs.p50), ms(xs.p99), ms(ms1.p50), ms(ms1.p99))
+	fmt.Fprintf(&b, "| CPU during the signal run: rendezvous / NATS | %.2f / %.2f cores | %.2f cores | |\n", xs.cpu, xs.natsCPU, ms1.cpu)
+	fmt.Println(b.String())
+	if write {
+		if err := benchdoc.Update("scaleout", b.String()); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func timeJoins(ctx context.Context, n int, hostURL, joinerURL func(int) string) []time.Duration {
+	var lat []time.Duration
+	for i := range n {
+		h, err := dial(ctx, hostURL(i), "host")
 		if err != nil {
 			log.Fatal(err)
 		}
-		j, err := dial(ctx, nodes[(i+1)%nNodes].url(), "joiner")
+		j, err := dial(ctx, joinerURL(i), "joiner")
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -353,29 +424,47 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 		if _, err := j.Join(ctx, client.Join{Code: room.Room.Code}); err != nil {
 			log.Fatal(err)
 		}
-		joinLat = append(joinLat, time.Since(t))
+		lat = append(lat, time.Since(t))
 		h.Close()
 		j.Close()
 	}
+	return lat
+}
 
-	// Cross-node signal delivery: nPairs pairs, sender and receiver on
-	// different nodes, every sender signalling as fast as acks come back
-	// (8 in flight), 10 s.
-	log.Printf("cross-node signals with %d pairs", nPairs)
+type signalResult struct {
+	rate, cpu, natsCPU float64
+	p50, p99           time.Duration
+}
+
+func sumCPU(pids []int) float64 {
+	t := 0.0
+	for _, p := range pids {
+		t += cpuSeconds(p)
+	}
+	return t
+}
+
+// signalRun: nPairs sender/receiver pairs in their own rooms, every sender
+// signalling with 8 requests in flight for 10 s.
+func signalRun(ctx context.Context, nPairs int, senderURL, receiverURL func(int) string, pids, natsPIDs []int) signalResult {
+	const signalFor = 10 * time.Second
 	var received atomic.Int64
-	var sigLat []time.Duration
-	var sigMu sync.Mutex
-	type pair struct{ s, r *client.Client }
-	var ps []pair
+	var lat []time.Duration
+	var latMu sync.Mutex
+	start := make(chan struct{})
+	var end time.Time
+	var clients []*client.Client
+	var wg sync.WaitGroup
 	for i := range nPairs {
-		s, err := dial(ctx, nodes[i%nNodes].url(), "sender")
+		s, err := dial(ctx, senderURL(i), "sender")
 		if err != nil {
 			log.Fatal(err)
 		}
-		r, err := dial(ctx, nodes[(i+1)%nNodes].url(), "receiver")
+		r, err := dial(ctx, receiverURL(i), "receiver")
 		if err != nil {
 			log.Fatal(err)
 		}
+		clients = append(clients, s, r)
 		room, err := s.CreateRoom(ctx, client.CreateRoom{})
 		if err != nil {
 			log.Fatal(err)
@@ -383,7 +472,6 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 		if _, err := r.Join(ctx, client.Join{Code: room.Room.Code}); err != nil {
 			log.Fatal(err)
 		}
-		ps = append(ps, pair{s, r})
 		go func() {
 			for ev := range r.Events() {
 				if ev.Type != client.TypeSignal {
@@ -395,9 +483,9 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 				json.Unmarshal(sg.Payload, &sent)
 				received.Add(1)
 				if sent%16 == 0 {
-					sigMu.Lock()
-					sigLat = append(sigLat, time.Since(time.Unix(0, sent)))
-					sigMu.Unlock()
+					latMu.Lock()
+					lat = append(lat, time.Since(time.Unix(0, sent)))
+					latMu.Unlock()
 				}
 			}
 		}()
@@ -405,9 +493,11 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 			for range s.Events() {
 			}
 		}()
-		go func(s *client.Client, to, roomID string) {
-			<-startSignals
-			sctx, cancel := context.WithDeadline(ctx, signalEnd)
+		wg.Add(1)
+		go func(to, roomID string) {
+			defer wg.Done()
+			<-start
+			sctx, cancel := context.WithDeadline(ctx, end)
 			defer cancel()
 			var inflight sync.WaitGroup
 			sem := make(chan struct{}, 8)
@@ -421,70 +511,24 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 				}()
 			}
 			inflight.Wait()
-		}(s, r.PeerID(), room.Room.ID)
+		}(r.PeerID(), room.Room.ID)
 	}
-	const signalFor = 10 * time.Second
-	signalEnd = time.Now().Add(signalFor + 200*time.Millisecond)
-	cpuS := make([]float64, nNodes)
-	for i, n := range nodes {
-		cpuS[i] = cpuSeconds(n.cmd.Process.Pid)
-	}
-	natsS := 0.0
-	for _, s := range cluster.Servers {
-		natsS += cpuSeconds(s.PID())
-	}
+	cpu0, nats0 := sumCPU(pids), sumCPU(natsPIDs)
 	r0 := received.Load()
-	t1 := time.Now()
-	close(startSignals)
-	time.Sleep(signalFor)
-	rate := float64(received.Load()-r0) / time.Since(t1).Seconds()
-	sigCPU := 0.0
-	for i, n := range nodes {
-		sigCPU += cpuSeconds(n.cmd.Process.Pid) - cpuS[i]
+	t0 := time.Now()
+	end = t0.Add(signalFor)
+	close(start)
+	wg.Wait()
+	el := time.Since(t0).Seconds()
+	res := signalResult{rate: float64(received.Load()-r0) / el, cpu: (sumCPU(pids) - cpu0) / el, natsCPU: (sumCPU(natsPIDs) - nats0) / el}
+	latMu.Lock()
+	res.p50, res.p99 = pct(lat, 0.5), pct(lat, 0.99)
+	latMu.Unlock()
+	for _, c := range clients {
+		c.Close()
 	}
-	natsSigCPU := -natsS
-	for _, s := range cluster.Servers {
-		natsSigCPU += cpuSeconds(s.PID())
-	}
-	sigMu.Lock()
-	lat := slices.Clone(sigLat)
-	sigMu.Unlock()
-	for _, p := range ps {
-		p.s.Close()
-		p.r.Close()
-	}
-
-	perPeer := func(b uint64) string { return fmt.Sprintf("%.1f KiB", float64(b)/float64(idle)/1024) }
-	var b strings.Builder
-	fmt.Fprintf(&b, "## Scale-out: idle peers over several nodes sharing state in NATS\n\n")
-	fmt.Fprintf(&b, "Command: `ulimit -n 65536; go run ./bench/scaleout -peers %d -write` (from the repository root; needs nats-server)\n\n", nPeers)
-	fmt.Fprintf(&b, "A 3-server NATS JetStream cluster (nats-server %s, buckets with 3 replicas; serial writes, see docs/scale-out.md) and %d rendezvous\n", serverVersion(), nNodes)
-	fmt.Fprintf(&b, "node processes (package signaling + signaling/natsstore), all on loopback of one machine, with the load generator (signaling/client) in the driver process.\n")
-	fmt.Fprintf(&b, "%s; load average at start %s.\n\n", benchdoc.Machine(), loadavg())
-	fmt.Fprintf(&b, "| %d idle peers over %d nodes | value |\n|---|---|\n", idle, nNodes)
-	fmt.Fprintf(&b, "| peers registered (sum of the nodes' gauges) | %d |\n", peersSeen)
-	fmt.Fprintf(&b, "| connect + register rate (64 at once) | %.0f /s |\n", connectRate)
-	fmt.Fprintf(&b, "| node Go heap+stack per peer | %s |\n", perPeer(heap))
-	fmt.Fprintf(&b, "| node RSS per peer | %s |\n", perPeer(rssSum))
-	fmt.Fprintf(&b, "| NATS servers' RSS growth per peer (3 replicas) | %s |\n", perPeer(natsRSS-natsRSS0))
-	fmt.Fprintf(&b, "| node CPU while idle (all nodes, %v) | %.1f %% of a core (%.2f µs/peer/s) |\n", idleFor, 100*idleCPU/idleFor.Seconds(), 1e6*idleCPU/idleFor.Seconds()/float64(idle))
-	fmt.Fprintf(&b, "| NATS CPU while idle (3 servers) | %.1f %% of a core |\n", 100*natsIdleCPU/idleFor.Seconds())
-	fmt.Fprintf(&b, "| join by code across nodes, P50 / P99 (%d joins, one at a time) | %s / %s |\n", len(joinLat), ms(pct(joinLat, 0.5)), ms(pct(joinLat, 0.99)))
-	fmt.Fprintf(&b, "| cross-node signal deliveries/s (%d pairs, 8 in flight each) | %.0f |\n", nPairs, rate)
-	fmt.Fprintf(&b, "| cross-node signal latency P50 / P99 | %s / %s |\n", ms(pct(lat, 0.5)), ms(pct(lat, 0.99)))
-	fmt.Fprintf(&b, "| CPU during the signal run: nodes / NATS | %.2f / %.2f cores |\n", sigCPU/signalFor.Seconds(), natsSigCPU/signalFor.Seconds())
-	fmt.Println(b.String())
-	if write {
-		if err := benchdoc.Update("scaleout", b.String()); err != nil {
-			log.Fatal(err)
-		}
-	}
+	return res
 }
-
-var (
-	startSignals = make(chan struct{})
-	signalEnd    time.Time
-)
 
 func serverVersion() string {
 	out, err := exec.Command("nats-server", "--version").Output()

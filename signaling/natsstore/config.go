@@ -35,6 +35,10 @@ type Config struct {
 	// takes its peers out of their rooms within PresenceTTL plus a third of it
 	// (the reaper's period).
 	PresenceTTL time.Duration `yaml:"presence-ttl"`
+	// SweepInterval is how often one node removes rooms that have been empty
+	// that long, join codes without a room, and old delete markers. Keep it
+	// above signaling's resume-grace.
+	SweepInterval time.Duration `yaml:"sweep-interval"`
 	// OpTimeout bounds every NATS operation of a signaling request,
 	// including retries while a NATS server fails over (a stream leader is
 	// re-elected within about 10 s).
@@ -51,10 +55,11 @@ type TLSConfig struct {
 // DefaultConfig is a local nats-server with the default prefix.
 func DefaultConfig() Config {
 	return Config{
-		URLs:        []string{"nats://127.0.0.1:4222"},
-		Prefix:      "rzv",
-		PresenceTTL: 15 * time.Second,
-		OpTimeout:   15 * time.Second,
+		URLs:          []string{"nats://127.0.0.1:4222"},
+		Prefix:        "rzv",
+		PresenceTTL:   15 * time.Second,
+		SweepInterval: 5 * time.Minute,
+		OpTimeout:     15 * time.Second,
 	}
 }
 
@@ -94,6 +99,9 @@ func (c Config) Validate() error {
 	}
 	if c.PresenceTTL < 3*time.Second {
 		errs = append(errs, fmt.Errorf("presence-ttl: %v is below 3s", c.PresenceTTL))
+	}
+	if c.SweepInterval < time.Second {
+		errs = append(errs, fmt.Errorf("sweep-interval: %v is below 1s", c.SweepInterval))
 	}
 	if c.OpTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("op-timeout: %v must be positive", c.OpTimeout))

@@ -476,3 +476,44 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestSweep: a room left empty by a node that died before its removal timer
+// fired, and a join code whose room was never written, are removed; live
+// rooms and their codes stay.
+func TestSweep(t *testing.T) {
+	cluster := natstest.StartCluster(t, 1)
+	st, err := New(context.Background(), testConfig(cluster.URLs(), "sweep"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	now := time.Now()
+	live := &signaling.Room{ID: "r_live", Code: "LIVE22", Capacity: 4, Members: []signaling.Member{{PeerID: "p_a", JoinedAt: now}}, CreatedAt: now}
+	empty := &signaling.Room{ID: "r_empty", Code: "EMPTY2", Capacity: 4, CreatedAt: now, EmptySince: now.Add(-time.Hour)}
+	for _, r := range []*signaling.Room{live, empty} {
+		if err := st.CreateRoom(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.rooms.put(ctx, codeKey("DANGL2"), []byte("r_never_written")); err != nil {
+		t.Fatal(err)
+	}
+	rooms, codes := st.sweep(ctx, time.Now().Add(time.Hour))
+	if rooms != 1 || codes != 1 {
+		t.Fatalf("swept %d rooms, %d codes; want 1 and 1", rooms, codes)
+	}
+	if _, err := st.Room(ctx, "r_empty"); !errors.Is(err, signaling.ErrNotFound) {
+		t.Fatalf("empty room: %v", err)
+	}
+	if _, err := st.RoomByCode(ctx, "EMPTY2"); !errors.Is(err, signaling.ErrNotFound) {
+		t.Fatalf("empty room's code: %v", err)
+	}
+	if _, err := st.rooms.get(ctx, codeKey("DANGL2")); !isMissing(err) {
+		t.Fatalf("dangling code: %v", err)
+	}
+	if r, err := st.RoomByCode(ctx, "LIVE22"); err != nil || r.ID != "r_live" {
+		t.Fatalf("live room: %+v %v", r, err)
+	}
+}

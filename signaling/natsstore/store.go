@@ -262,9 +262,10 @@ func New(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 	}
 	// Reaping waits one presence-ttl after start too: see reapDead.
 	s.healthySince.Store(time.Now().UnixNano())
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.heartbeatLoop(bg)
 	go s.reaperLoop(bg, leftovers)
+	go s.sweepLoop(bg)
 	ok = true
 	s.log.Info("shared state on NATS", "node", s.node, "server", nc.ConnectedUrlRedacted(), "server_version", nc.ConnectedServerVersion(), "replicas", replicas, "serial_writes", serial)
 	return s, nil
