@@ -1,6 +1,9 @@
 package signaling
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // MultiDeliverer is implemented by a Store that can hand one frame to many
 // peers at once, for room broadcasts: the NATS store (signaling/natsstore)
@@ -9,3 +12,8 @@ import "context"
 type MultiDeliverer interface {
 	DeliverMany(ctx context.Context, peerIDs []string, frame []byte) int
 }
+
+// ErrUnavailable is wrapped by Store errors that mean the shared state could
+// not be reached (the NATS store returns it while NATS is down); handlers
+// can tell peers so instead of "not found".
+var ErrUnavailable = errors.New("shared state (NATS) unreachable")

@@ -40,7 +40,9 @@ import (
 )
 
 func main() {
-	role := flag.String("role", "drive", "drive | node (internal)")
+	role := flag.String("role", "drive", "drive | node | load (internal)")
+	loadURLs := flag.String("urls", "", "load: node URLs, comma separated")
+	loadN := flag.Int("n", 0, "load: peers to hold")
 	natsURLs := flag.String("nats", "", "node: NATS URLs, comma separated")
 	peers := flag.Int("peers", 9000, "idle peers in total, spread over the nodes")
 	nodes := flag.Int("nodes", 3, "rendezvous node processes")
@@ -48,8 +50,12 @@ func main() {
 	pairs := flag.Int("pairs", 60, "sender/receiver pairs for the delivery rate")
 	write := flag.Bool("write", false, "write docs/benchmarks.md")
 	flag.Parse()
-	if *role == "node" {
+	switch *role {
+	case "node":
 		runNode(strings.Split(*natsURLs, ","))
+		return
+	case "load":
+		runLoad(strings.Split(*loadURLs, ","), *loadN)
 		return
 	}
 	drive(*nodes, *peers, *joins, *pairs, *write)
@@ -164,6 +170,55 @@ func cpuSeconds(pid int) float64 {
 	return (u + k) / 100 // USER_HZ
 }
 
+// ---- load process ----
+
+const peersPerLoader = 15000
+
+// runLoad connects n idle peers round-robin over urls, prints "READY <n>",
+// and holds them until interrupted.
+func runLoad(urls []string, n int) {
+	ctx := context.Background()
+	var next, ok atomic.Int64
+	var mu sync.Mutex
+	var clients []*client.Client
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+				c, err := dial(cctx, urls[i%len(urls)], "idle"+strconv.Itoa(i))
+				cancel()
+				if err != nil {
+					log.Print(err)
+					continue
+				}
+				go func() {
+					for range c.Events() {
+					}
+				}()
+				ok.Add(1)
+				mu.Lock()
+				clients = append(clients, c)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Println("READY", ok.Load())
+	sig, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-sig.Done()
+	for _, c := range clients {
+		c.Close()
+	}
+}
+
 // ---- driver ----
 
 type node struct {
@@ -213,7 +268,11 @@ func startNode(urls []string) *node {
 }
 
 func dial(ctx context.Context, url, name string) (*client.Client, error) {
-	return client.Dial(ctx, client.Config{URL: url, NoReconnect: true, EventBuffer: 4096, Register: client.Register{Name: name, PublicKey: "a2V5"}})
+	buf := 4096
+	if strings.HasPrefix(name, "idle") {
+		buf = 16 // idle peers only see pings
+	}
+	return client.Dial(ctx, client.Config{URL: url, NoReconnect: true, EventBuffer: buf, Register: client.Register{Name: name, PublicKey: "a2V5"}})
 }
 
 func pct(d []time.Duration, q float64) time.Duration {
@@ -264,48 +323,55 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	}
 	ctx := context.Background()
 
-	// Idle peers.
+	// Idle peers, held by load processes of at most peersPerLoader each (one
+	// socket per peer against the open-file limit).
 	log.Printf("connecting %d idle peers over %d nodes", nPeers, nNodes)
-	var clients []*client.Client
-	var mu sync.Mutex
-	var next atomic.Int64
-	var failed atomic.Int64
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, n.url())
+	}
 	t0 := time.Now()
-	var wg sync.WaitGroup
-	for range 64 {
-		wg.Add(1)
+	var loaders []*exec.Cmd
+	idle := 0
+	var lwg sync.WaitGroup
+	var lmu sync.Mutex
+	for left := nPeers; left > 0; left -= peersPerLoader {
+		n := min(left, peersPerLoader)
+		self, _ := os.Executable()
+		cmd := exec.Command(self, "-role", "load", "-urls", strings.Join(urls, ","), "-n", strconv.Itoa(n))
+		cmd.Stderr = os.Stderr
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			log.Fatal(err)
+		}
+		loaders = append(loaders, cmd)
+		lwg.Add(1)
 		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= nPeers {
+			defer lwg.Done()
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "READY" {
+					k, _ := strconv.Atoi(f[1])
+					lmu.Lock()
+					idle += k
+					lmu.Unlock()
+					go func() {
+						for sc.Scan() {
+						}
+					}()
 					return
 				}
-				cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-				c, err := dial(cctx, nodes[i%nNodes].url(), "idle"+strconv.Itoa(i))
-				cancel()
-				if err != nil {
-					if failed.Add(1) < 5 {
-						log.Print(err)
-					}
-					continue
-				}
-				go func() {
-					for range c.Events() {
-					}
-				}()
-				mu.Lock()
-				clients = append(clients, c)
-				mu.Unlock()
 			}
+			log.Fatal("load process exited early")
 		}()
 	}
-	wg.Wait()
-	connectRate := float64(len(clients)) / time.Since(t0).Seconds()
-	log.Printf("%d peers connected (%d failed) at %.0f/s", len(clients), failed.Load(), connectRate)
+	lwg.Wait()
+	connectRate := float64(idle) / time.Since(t0).Seconds()
+	log.Printf("%d peers connected at %.0f/s", idle, connectRate)
 	defer func() {
-		for _, c := range clients {
-			c.Close()
+		for _, l := range loaders {
+			l.Process.Signal(os.Interrupt)
+			l.Wait()
 		}
 	}()
 
@@ -340,7 +406,6 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	for _, s := range cluster.Servers {
 		natsRSS += rss(s.PID())
 	}
-	idle := len(clients)
 
 	// Join latency and signal rate across nodes (host/sender on node i,
 	// joiner/receiver on node i+1), then the same on one node with the
@@ -377,7 +442,7 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	fmt.Fprintf(&b, "%s; load average at start %s.\n\n", benchdoc.Machine(), loadavg())
 	fmt.Fprintf(&b, "| %d idle peers over %d nodes | value |\n|---|---|\n", idle, nNodes)
 	fmt.Fprintf(&b, "| peers registered (sum of the nodes' gauges) | %d |\n", peersSeen)
-	fmt.Fprintf(&b, "| connect + register rate (64 at once) | %.0f /s |\n", connectRate)
+	fmt.Fprintf(&b, "| connect + register rate (32 at once per load process) | %.0f /s |\n", connectRate)
 	fmt.Fprintf(&b, "| node Go heap+stack per peer | %s |\n", perPeer(heap))
 	fmt.Fprintf(&b, "| node RSS per peer | %s |\n", perPeer(rssSum))
 	fmt.Fprintf(&b, "| NATS servers' RSS growth per peer (3 replicas) | %s |\n", perPeer(natsRSS-natsRSS0))

@@ -49,8 +49,9 @@ import (
 	"github.com/rendezvous-p2p/rendezvous/signaling"
 )
 
-// ErrUnavailable wraps every failure to reach the shared state.
-var ErrUnavailable = errors.New("shared state (NATS) unreachable")
+// ErrUnavailable wraps every failure to reach the shared state; it is
+// signaling.ErrUnavailable.
+var ErrUnavailable = signaling.ErrUnavailable
 
 // Options are the collaborators of a Store.
 type Options struct {
