@@ -286,6 +286,7 @@ func pct(d []time.Duration, q float64) time.Duration {
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
 func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
+	loadStart := loadavg()
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
 		log.Fatal("nats-server not found (apt-get install nats-server)")
@@ -368,6 +369,7 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	lwg.Wait()
 	connectRate := float64(idle) / time.Since(t0).Seconds()
 	log.Printf("%d peers connected at %.0f/s", idle, connectRate)
+	loadIdle := loadavg()
 	defer func() {
 		for _, l := range loaders {
 			l.Process.Signal(os.Interrupt)
@@ -436,10 +438,10 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	perPeer := func(b uint64) string { return fmt.Sprintf("%.1f KiB", float64(b)/float64(idle)/1024) }
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Scale-out: idle peers over several nodes sharing state in NATS\n\n")
-	fmt.Fprintf(&b, "Command: `go run ./bench/scaleout -peers %d -write` (from the repository root; needs nats-server and an open-file limit above the\npeer count: the driver holds one socket per peer; about 3 minutes)\n\n", nPeers)
+	fmt.Fprintf(&b, "Command: `go run ./bench/scaleout -peers %d -nodes %d -write` (from the repository root; needs nats-server; each node process holds\npeers/nodes sockets, so keep that under the open-file limit; about 3 minutes)\n\n", nPeers, nNodes)
 	fmt.Fprintf(&b, "A 3-server NATS JetStream cluster (nats-server %s, buckets with 3 replicas; serial writes, see docs/scale-out.md) and %d rendezvous\n", serverVersion(), nNodes)
-	fmt.Fprintf(&b, "node processes (package signaling + signaling/natsstore), all on loopback of one machine, with the load generator (signaling/client) in the driver process.\n")
-	fmt.Fprintf(&b, "%s; load average at start %s.\n\n", benchdoc.Machine(), loadavg())
+	fmt.Fprintf(&b, "node processes (package signaling + signaling/natsstore), all on loopback of one machine, with the idle peers (signaling/client) held by load\n")
+	fmt.Fprintf(&b, "processes of up to %d peers each. %s; load average at start %s, after registering %s.\n\n", peersPerLoader, benchdoc.Machine(), loadStart, loadIdle)
 	fmt.Fprintf(&b, "| %d idle peers over %d nodes | value |\n|---|---|\n", idle, nNodes)
 	fmt.Fprintf(&b, "| peers registered (sum of the nodes' gauges) | %d |\n", peersSeen)
 	fmt.Fprintf(&b, "| connect + register rate (32 at once per load process) | %.0f /s |\n", connectRate)
@@ -448,7 +450,8 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	fmt.Fprintf(&b, "| NATS servers' RSS growth per peer (3 replicas) | %s |\n", perPeer(natsRSS-natsRSS0))
 	fmt.Fprintf(&b, "| node CPU while idle (all nodes, %v) | %.1f %% of a core (%.2f µs/peer/s) |\n", idleFor, 100*idleCPU/idleFor.Seconds(), 1e6*idleCPU/idleFor.Seconds()/float64(idle))
 	fmt.Fprintf(&b, "| NATS CPU while idle (3 servers) | %.1f %% of a core |\n", 100*natsIdleCPU/idleFor.Seconds())
-	fmt.Fprintf(&b, "\nThe same requests with both peers on one node using `state: memory` (a fourth node process, same run):\n\n")
+	fmt.Fprintf(&b, "\nNATS CPU while idle includes the servers settling after the registration burst (their heartbeat traffic is a few messages per second).\n")
+	fmt.Fprintf(&b, "\nThe same requests with both peers on one node using `state: memory` (one more node process, same run):\n\n")
 	fmt.Fprintf(&b, "| | NATS, across nodes | memory, one node | ratio |\n|---|---|---|---|\n")
 	fmt.Fprintf(&b, "| join by code P50 (%d joins, one at a time) | %s | %s | %.1f |\n", nJoins, ms(pct(joinLat, 0.5)), ms(pct(memJoinLat, 0.5)), ratio(pct(joinLat, 0.5), pct(memJoinLat, 0.5)))
 	fmt.Fprintf(&b, "| join by code P99 | %s | %s | %.1f |\n", ms(pct(joinLat, 0.99)), ms(pct(memJoinLat, 0.99)), ratio(pct(joinLat, 0.99), pct(memJoinLat, 0.99)))
