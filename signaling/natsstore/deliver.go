@@ -204,10 +204,12 @@ func (s *Store) onFrames(m *nats.Msg) {
 			k.deliver(m.Data)
 			continue
 		}
-		if hop {
+		if hop || !s.Connected() {
 			continue
 		}
-		ctx, cancel := s.op(context.Background())
+		// Short: this runs on the delivery subscription, in front of frames
+		// for other peers.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		v, err := s.getPeer(ctx, id)
 		cancel()
 		if err == nil && v.Online && v.Node != s.node {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/rendezvous-p2p/rendezvous/signaling"
 	"github.com/rendezvous-p2p/rendezvous/signaling/client"
 )
@@ -97,14 +99,7 @@ func (s *Store) reapDead(ctx context.Context) {
 	if since == 0 || time.Since(time.Unix(0, since)) < s.cfg.PresenceTTL {
 		return
 	}
-	octx, cancel := s.op(ctx)
-	regs, err := s.keys(octx, s.peers.kv, "node.*")
-	cancel()
-	if err != nil {
-		return
-	}
-	for _, k := range regs {
-		node := strings.TrimPrefix(k, "node.")
+	for _, node := range s.registeredNodes() {
 		if node == s.node || ctx.Err() != nil {
 			continue
 		}
@@ -129,6 +124,52 @@ func (s *Store) reapDead(ctx context.Context) {
 			cancel()
 		}
 	}
+}
+
+// watchNodes keeps the set of registered nodes (node.* in the peers bucket)
+// with one long-lived watcher, so the reaper's pass is a read per node.
+func (s *Store) watchNodes(ctx context.Context) error {
+	w, err := s.peers.kv.Watch(ctx, "node.*")
+	if err != nil {
+		return unavailable("watch nodes", err)
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer w.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					continue
+				}
+				node := strings.TrimPrefix(e.Key(), "node.")
+				s.regMu.Lock()
+				if e.Operation() == jetstream.KeyValuePut {
+					s.registered[node] = true
+				} else {
+					delete(s.registered, node)
+				}
+				s.regMu.Unlock()
+			}
+		}
+	}()
+	return nil
+}
+
+func (s *Store) registeredNodes() []string {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	out := make([]string, 0, len(s.registered))
+	for n := range s.registered {
+		out = append(out, n)
+	}
+	return out
 }
 
 // reapNode reaps every peer indexed under node; it reports whether all were done.

@@ -79,6 +79,9 @@ type Store struct {
 	sinkMu sync.RWMutex
 	sinks  map[string]*sink
 
+	regMu      sync.Mutex
+	registered map[string]bool // nodes with a node.<id> registration
+
 	locMu     sync.Mutex
 	locations map[string]location
 	evictSub  *nats.Subscription
@@ -123,7 +126,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Store{cfg: cfg, log: opts.Logger, node: cfg.NodeID, sinks: map[string]*sink{}, locations: map[string]location{}, public: map[string]*roomValue{}, listReady: make(chan struct{})}
+	s := &Store{cfg: cfg, log: opts.Logger, node: cfg.NodeID, sinks: map[string]*sink{}, locations: map[string]location{}, registered: map[string]bool{}, public: map[string]*roomValue{}, listReady: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -252,6 +255,10 @@ func New(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 	bg, stop := context.WithCancel(context.Background())
 	s.cancel = stop
 	if err := s.watchPublic(bg); err != nil {
+		stop()
+		return nil, err
+	}
+	if err := s.watchNodes(bg); err != nil {
 		stop()
 		return nil, err
 	}
