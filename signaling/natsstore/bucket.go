@@ -79,8 +79,11 @@ func transient(err error) bool {
 	var api *jetstream.APIError
 	if errors.As(err, &api) {
 		// 503 / "JetStream system temporarily unavailable" / no leader yet.
-		// 10005: no suitable peers, while a cluster is still forming.
-		return api.Code == 503 || api.ErrorCode == 10008 || api.ErrorCode == 10005 || strings.Contains(api.Description, "unavailable")
+		// 5xx: the server could not serve it now (no leader yet, catching
+		// up); 10005: no suitable peers while a cluster forms; 10059: stream
+		// not found, answered by a server that has not learnt of it yet (the
+		// buckets are never deleted while nodes run).
+		return api.Code >= 500 || api.ErrorCode == 10008 || api.ErrorCode == 10005 || api.ErrorCode == 10059 || strings.Contains(api.Description, "unavailable")
 	}
 	return false
 }
