@@ -26,7 +26,9 @@ func (s *Store) Attach(peerID string, deliver func(frame []byte)) (detach func()
 	s.sinkMu.Lock()
 	s.sinks[peerID] = k
 	s.sinkMu.Unlock()
-	s.claim(peerID)
+	if _, fresh := s.fresh.LoadAndDelete(peerID); !fresh {
+		s.claim(peerID)
+	}
 	s.evict(peerID)
 	return func() {
 		s.sinkMu.Lock()

@@ -82,6 +82,10 @@ type Store struct {
 	regMu      sync.Mutex
 	registered map[string]bool // nodes with a node.<id> registration
 
+	// fresh holds peers PutPeer just wrote with this node as owner: their
+	// Attach needs no claim.
+	fresh sync.Map
+
 	locMu     sync.Mutex
 	locations map[string]location
 	evictSub  *nats.Subscription
@@ -685,6 +689,7 @@ func (s *Store) PutPeer(ctx context.Context, p *signaling.PeerRecord) error {
 	if _, err := s.peers.put(ctx, peerKey(p.ID), data); err != nil {
 		return s.unavailable("put peer", err)
 	}
+	s.fresh.Store(p.ID, struct{}{})
 	return nil
 }
 
@@ -778,6 +783,7 @@ func (s *Store) deletePeer(ctx context.Context, id string, rev uint64) (*peerVal
 }
 
 func (s *Store) DeletePeer(ctx context.Context, id string) error {
+	s.fresh.Delete(id)
 	ctx, cancel := s.op(ctx)
 	defer cancel()
 	v, err := s.deletePeer(ctx, id, 0)
