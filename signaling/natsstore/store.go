@@ -17,7 +17,12 @@
 //	bucket rzv-nodes  (history 1, TTL = presence-ttl)
 //	  alive.<node>       heartbeat, rewritten every presence-ttl/3
 //	  reap.<node>        lease of the node reaping a dead one
+//	  sweep.<n>          lease of the node sweeping in interval n
 //	subject rzv.node.<node>   frames for peers on node; header Rzv-To: id,id,...
+//	subject rzv.evict         peer id that attached or detached somewhere
+//
+// "CAS on revision" is per key, except on replicated buckets before
+// nats-server 2.10, where it is stream-wide (see bucket).
 //
 // Ids that are not plain [A-Za-z0-9_-] are escaped (=XX) in keys. Buckets are
 // created without direct get, so reads go to the stream leader and see every
