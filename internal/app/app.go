@@ -42,6 +42,7 @@ import (
 	"github.com/rendezvous-p2p/rendezvous/relay"
 	"github.com/rendezvous-p2p/rendezvous/signaling"
 	"github.com/rendezvous-p2p/rendezvous/signaling/client"
+	"github.com/rendezvous-p2p/rendezvous/signaling/natsstore"
 )
 
 // Options are the app's collaborators; all are optional.
@@ -81,6 +82,7 @@ type App struct {
 	relayCfg     relay.Config
 	signalingCfg signaling.Config
 	ice          atomic.Pointer[func(user string) ([]client.ICEServer, error)]
+	closeStore   func() error // shared state (state: nats), closed after the services stop
 }
 
 // New validates cfg and builds every service; it binds nothing.
@@ -123,10 +125,23 @@ func New(cfg config.Config, opts Options) (*App, error) {
 		return nil, err
 	}
 	a.setICEServers(cfg, a.relayCfg)
+	var store signaling.Store // nil: in memory
+	if cfg.State == "nats" {
+		// Connecting and creating the buckets is I/O, but a node without its
+		// shared state cannot serve: fail here, with the reason, before binding.
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.NATS.OpTimeout)
+		st, err := natsstore.New(ctx, cfg.NATS, natsstore.Options{Logger: a.serviceLogger("nats"), Registerer: a.registry})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("state: nats: %w", err)
+		}
+		store, a.closeStore = st, st.Close
+	}
 	a.signaling, err = signaling.New(a.signalingCfg, signaling.Options{
 		Logger:     a.serviceLogger("signaling"),
 		Registerer: a.registry,
 		ICEServers: a.ICEServers,
+		Store:      store,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("signaling: %w", err)
@@ -343,6 +358,9 @@ func (a *App) Run(ctx context.Context) error {
 		a.log.Info("shutting down", "drain_timeout", a.Config().ShutdownTimeout.String())
 	}
 	stopServices()
+	if a.closeStore != nil {
+		defer a.closeStore()
+	}
 	bound := time.NewTimer(a.Config().ShutdownTimeout)
 	defer bound.Stop()
 	for running > 0 {
@@ -443,6 +461,9 @@ func (a *App) reload() error {
 	}
 	if !reflect.DeepEqual(next.TLS, cur.TLS) {
 		restart = append(restart, "tls")
+	}
+	if next.State != cur.State || !reflect.DeepEqual(next.NATS, cur.NATS) {
+		restart = append(restart, "state/nats")
 	}
 	if len(restart) > 0 {
 		return fmt.Errorf("changes to %s need a restart (systemctl restart rendezvous)", strings.Join(restart, ", "))

@@ -22,6 +22,7 @@ import (
 	"github.com/rendezvous-p2p/rendezvous/internal/logx"
 	"github.com/rendezvous-p2p/rendezvous/relay"
 	"github.com/rendezvous-p2p/rendezvous/signaling"
+	"github.com/rendezvous-p2p/rendezvous/signaling/natsstore"
 )
 
 // Config is the whole configuration of `rendezvous serve`.
@@ -42,6 +43,10 @@ type Config struct {
 	TLS       certs.Config     `yaml:"tls"`
 	Relay     relay.Config     `yaml:"relay"`
 	Signaling signaling.Config `yaml:"signaling"`
+	// State is where rooms and presence live: "memory" (this node only) or
+	// "nats" (several nodes share them through the NATS servers in nats).
+	State string           `yaml:"state"`
+	NATS  natsstore.Config `yaml:"nats"`
 }
 
 // Default is the built-in configuration: everything on, safe for a VPS.
@@ -53,6 +58,8 @@ func Default() Config {
 		TLS:             certs.DefaultConfig(),
 		Relay:           relay.DefaultConfig(),
 		Signaling:       signaling.DefaultConfig(),
+		State:           "memory",
+		NATS:            natsstore.DefaultConfig(),
 	}
 }
 
@@ -72,7 +79,11 @@ func (c *Config) Validate() error {
 		prefix("http", c.HTTP.Validate()),
 		prefix("tls", c.TLS.Validate()),
 		prefix("relay", c.Relay.Validate()),
-		prefix("signaling", c.Signaling.Validate()))
+		prefix("signaling", c.Signaling.Validate()),
+		prefix("nats", c.NATS.Validate()))
+	if c.State != "memory" && c.State != "nats" {
+		errs = append(errs, fmt.Errorf("state: %q is not memory or nats", c.State))
+	}
 	return errors.Join(errs...)
 }
 
