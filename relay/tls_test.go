@@ -2,8 +2,8 @@ package relay
 
 import (
 	"crypto/tls"
-	"net"
 	"crypto/x509"
+	"net"
 	"os"
 	"testing"
 )
