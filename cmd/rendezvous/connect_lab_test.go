@@ -47,7 +47,8 @@ func labServerRelay(t testing.TB, lab *natlab.Lab, relayYAML string) string {
 	}
 	cmd := srv.Command(context.Background(), binary, "serve", "--config", cfgPath, "--state-dir", filepath.Join(dir, "state"),
 		"--http-listen", srv.Addr().String()+":8080", "--relay-listen", srv.Addr().String()+":3478", "--log-format", "json")
-	p := watchTB(t, cmd)
+	p := watch(t, cmd)
+	t.Cleanup(func() { killGroup(cmd) })
 	p.nthLine(t, "msg=rendezvous ready", 1, func(l map[string]any) bool { return l["msg"] == "rendezvous ready" }, 20*time.Second)
 	return "http://" + srv.Addr().String() + ":8080"
 }

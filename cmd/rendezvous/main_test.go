@@ -65,7 +65,7 @@ func startServe(t *testing.T, home string, extra ...string) *proc {
 }
 
 // watch starts cmd and collects its stderr as JSON log lines (or text).
-func watch(t *testing.T, cmd *exec.Cmd) *proc {
+func watch(t testing.TB, cmd *exec.Cmd) *proc {
 	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -75,7 +75,7 @@ func watch(t *testing.T, cmd *exec.Cmd) *proc {
 }
 
 // watchStdout is watch for a command that prints its JSON lines on stdout.
-func watchStdout(t *testing.T, cmd *exec.Cmd) *proc {
+func watchStdout(t testing.TB, cmd *exec.Cmd) *proc {
 	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -84,7 +84,7 @@ func watchStdout(t *testing.T, cmd *exec.Cmd) *proc {
 	return watchPipe(t, cmd, stdout)
 }
 
-func watchPipe(t *testing.T, cmd *exec.Cmd, stderr io.ReadCloser) *proc {
+func watchPipe(t testing.TB, cmd *exec.Cmd, stderr io.ReadCloser) *proc {
 	t.Helper()
 	var err error
 	if err != nil {
@@ -120,18 +120,18 @@ func watchPipe(t *testing.T, cmd *exec.Cmd, stderr io.ReadCloser) *proc {
 }
 
 // waitLog waits for a log line with the given msg and returns it.
-func (p *proc) waitLog(t *testing.T, msg string, timeout time.Duration) map[string]any {
+func (p *proc) waitLog(t testing.TB, msg string, timeout time.Duration) map[string]any {
 	t.Helper()
 	return p.waitLine(t, "msg="+msg, func(l map[string]any) bool { return l["msg"] == msg }, timeout)
 }
 
 // waitEvent waits for a `connect --json` event of the given kind.
-func (p *proc) waitEvent(t *testing.T, event string, timeout time.Duration) map[string]any {
+func (p *proc) waitEvent(t testing.TB, event string, timeout time.Duration) map[string]any {
 	t.Helper()
 	return p.waitLine(t, "event="+event, func(l map[string]any) bool { return l["event"] == event }, timeout)
 }
 
-func (p *proc) waitLine(t *testing.T, what string, match func(map[string]any) bool, timeout time.Duration) map[string]any {
+func (p *proc) waitLine(t testing.TB, what string, match func(map[string]any) bool, timeout time.Duration) map[string]any {
 	t.Helper()
 	deadline := time.After(timeout)
 	seen := 0
@@ -174,7 +174,7 @@ func (p *proc) dump() string {
 	return b.String()
 }
 
-func (p *proc) waitExit(t *testing.T, timeout time.Duration) error {
+func (p *proc) waitExit(t testing.TB, timeout time.Duration) error {
 	t.Helper()
 	select {
 	case err := <-p.exit:

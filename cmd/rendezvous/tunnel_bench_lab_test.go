@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -253,38 +250,6 @@ a's public address, straight from b. Added latency is p50 minus raw UDP's p50.
 		b.Error(err)
 	}
 	b.Logf("\n%s", body)
-}
-
-// watchTB is watch for benchmarks too.
-func watchTB(tb testing.TB, cmd *exec.Cmd) *proc {
-	tb.Helper()
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	p := &proc{cmd: cmd, added: make(chan struct{}, 1), exit: make(chan error, 1)}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) != nil {
-				m = map[string]any{"msg": sc.Text()}
-			}
-			p.mu.Lock()
-			p.lines = append(p.lines, m)
-			p.mu.Unlock()
-			select {
-			case p.added <- struct{}{}:
-			default:
-			}
-		}
-		p.exit <- cmd.Wait()
-	}()
-	tb.Cleanup(func() { killGroup(cmd) })
-	return p
 }
 
 func echoLoop(c net.PacketConn) {

@@ -51,7 +51,9 @@ func udpEcho(t *testing.T, h *natlab.Host) (int, func() map[string]bool) {
 func labTunnel(tb testing.TB, h *natlab.Host, args ...string) *proc {
 	tb.Helper()
 	cmd := h.Command(context.Background(), binary, append([]string{"tunnel", "--json", "--timeout", "120s", "--stats-every", "500ms", "--name", h.String()}, args...)...)
-	return watchTB(tb, cmd)
+	p := watch(tb, cmd)
+	tb.Cleanup(func() { killGroup(cmd) })
+	return p
 }
 
 // echoThrough sends datagrams from h's loopback to the tunnel's local port
