@@ -43,6 +43,7 @@ import (
 	"github.com/pion/stun/v4"
 	"github.com/quic-go/quic-go"
 
+	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 	"github.com/rendezvous-p2p/rendezvous/signaling/client"
 )
 
@@ -210,13 +211,11 @@ func (e *Endpoint) Close() error {
 	return err
 }
 
+// addrPort is a, with an IPv4-mapped address unmapped (a dual-stack socket
+// reports IPv4 peers as ::ffff:a.b.c.d; candidates are plain IPv4).
 func addrPort(a net.Addr) netip.AddrPort {
-	if u, ok := a.(*net.UDPAddr); ok {
-		ap := u.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
+	ap := netx.AddrPortOf(a)
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 func (e *Endpoint) readLoop() {

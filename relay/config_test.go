@@ -10,6 +10,7 @@ import (
 
 	"github.com/pion/stun/v4"
 
+	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 	"github.com/rendezvous-p2p/rendezvous/internal/stunext"
 )
 
@@ -74,7 +75,7 @@ func TestRelaySTUNBinding(t *testing.T) {
 	r := startRelay(t, func(c *Config) { c.AlternateAddress = "127.0.0.3:0" },
 		Options{OnPeerToken: func(tok string, from netip.AddrPort) { tokens <- seen{tok, from} }})
 	c := udpPeer(t, "127.0.0.1")
-	me := addrPortOf(c.LocalAddr())
+	me := netx.AddrPortOf(c.LocalAddr())
 
 	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest, rawAttr{stun.AttrType(stunext.AttrPeerToken), []byte("tok")},
 		rawAttr{stun.AttrChangeRequest, []byte{0, 0, 0, 6}}, stun.Fingerprint)

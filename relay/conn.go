@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
+	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 	"github.com/rendezvous-p2p/rendezvous/internal/stunserver"
 )
 
@@ -99,11 +100,11 @@ func (c *turnPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		}
 		p := b[:n]
 		if stunserver.IsBindingRequest(p) {
-			c.s.stun.Handle(p, addrPortOf(addr), stunserver.Primary)
+			c.s.stun.Handle(p, netx.AddrPortOf(addr), stunserver.Primary)
 			continue
 		}
 		if isRequest(p) {
-			c.s.observeRequest(p, addrPortOf(addr))
+			c.s.observeRequest(p, netx.AddrPortOf(addr))
 		}
 		return n, addr, nil
 	}
@@ -181,7 +182,7 @@ func withReasonPhrase(b []byte) ([]byte, bool) {
 // the request was authenticated with.
 func (s *Server) rewriteError(b []byte, to net.Addr) ([]byte, bool) {
 	if binary.BigEndian.Uint16(b[0:2]) == stun.NewType(stun.MethodChannelBind, stun.ClassErrorResponse).Value() {
-		if key := s.lastKey.get(addrPortOf(to)); key != nil {
+		if key := s.lastKey.get(netx.AddrPortOf(to)); key != nil {
 			if r, ok := channelBindForbidden(b, key); ok {
 				return r, true
 			}
@@ -280,7 +281,7 @@ func (c *turnConn) observe(b []byte) {
 			return
 		}
 		if p[0] < 0x40 && isRequest(p) {
-			c.s.observeRequest(p[:size], addrPortOf(c.RemoteAddr()))
+			c.s.observeRequest(p[:size], netx.AddrPortOf(c.RemoteAddr()))
 			if stun.NewType(stun.MethodConnectionBind, stun.ClassRequest).Value() == binary.BigEndian.Uint16(p[0:2]) {
 				c.raw, c.pending = true, nil
 				return
@@ -517,18 +518,4 @@ func (l *relayListener) Close() error {
 	err := l.Listener.Close()
 	l.closeOnce.Do(func() { l.s.tcpAllocationEnded(l) })
 	return err
-}
-
-func addrPortOf(a net.Addr) netip.AddrPort {
-	switch a := a.(type) {
-	case *net.UDPAddr:
-		return a.AddrPort()
-	case *net.TCPAddr:
-		return a.AddrPort()
-	}
-	if a == nil {
-		return netip.AddrPort{}
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/pion/stun/v4"
+
+	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 )
 
 // deniedPeers is every address class of the deny list, in its IPv4, IPv6,
@@ -138,7 +140,7 @@ func TestPeerFilterThroughTURN(t *testing.T) {
 func TestAllowPeersOpensASubnet(t *testing.T) {
 	r := startRelay(t, func(c *Config) { c.AllowPeers = []string{"127.0.0.0/8"} })
 	peer := udpPeer(t, "127.0.0.1")
-	peerAP := addrPortOf(peer.LocalAddr())
+	peerAP := netx.AddrPortOf(peer.LocalAddr())
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +165,7 @@ func TestAllowPeersOpensASubnet(t *testing.T) {
 		tc := dialRaw(t, r, transport)
 		tc.proto = 6
 		mustAllocate(t, tc, "bob", "bob-pw")
-		if code, reason := errorCode(t, tc.do(stun.MethodConnect, peerAttr(addrPortOf(ln.Addr())))); code != 0 {
+		if code, reason := errorCode(t, tc.do(stun.MethodConnect, peerAttr(netx.AddrPortOf(ln.Addr())))); code != 0 {
 			t.Fatalf("%s: Connect to allow-listed TCP peer: %d %s", transport, code, reason)
 		}
 		pc, err := ln.Accept()

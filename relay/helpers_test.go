@@ -22,6 +22,8 @@ import (
 	"github.com/pion/stun/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 )
 
 // The test relay listens on 127.0.0.2 so that 127.0.0.1, where clients and
@@ -460,4 +462,4 @@ func readPeer(t *testing.T, c *net.UDPConn) ([]byte, netip.AddrPort) {
 	return buf[:n], netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 }
 
-func addrOf(c net.Conn) netip.AddrPort { return addrPortOf(c.LocalAddr()) }
+func addrOf(c net.Conn) netip.AddrPort { return netx.AddrPortOf(c.LocalAddr()) }

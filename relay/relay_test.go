@@ -15,6 +15,7 @@ import (
 	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
 
+	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 	"github.com/rendezvous-p2p/rendezvous/internal/turncreds"
 )
 
@@ -83,7 +84,7 @@ func TestAllocateAndRelayBothWays(t *testing.T) {
 				t.Fatalf("Allocate over %s: %v", transport, err)
 			}
 			defer relayConn.Close()
-			relayAP := addrPortOf(relayConn.LocalAddr())
+			relayAP := netx.AddrPortOf(relayConn.LocalAddr())
 			if relayAP.Addr().String() != relayIP || int(relayAP.Port()) < r.srv.cfg.PortRangeMin {
 				t.Fatalf("relayed address %v: want %s in the relay port range", relayAP, relayIP)
 			}
@@ -216,7 +217,7 @@ func TestRefreshAndOwnership(t *testing.T) {
 	c.send(bobPerm.Raw)
 	c.user, c.key = owner, ownerKey
 	peer := udpPeer(t, "127.0.0.1")
-	peerAP := addrPortOf(peer.LocalAddr())
+	peerAP := netx.AddrPortOf(peer.LocalAddr())
 	m = c.do(stun.MethodCreatePermission, peerAttr(peerAP))
 	if code, reason := errorCode(t, m); code != 0 {
 		t.Fatalf("owner's CreatePermission after bob's attempts: %d %s", code, reason)
@@ -392,7 +393,7 @@ func TestOwnAddressOutsideRelayPortsDropped(t *testing.T) {
 	relayed := mustAllocate(t, c, "alice", "alice-pw")
 	// A service on the relay's own IP (here the relay's TURN port, and a plain socket).
 	victim := udpPeer(t, relayIP)
-	victimAP := addrPortOf(victim.LocalAddr())
+	victimAP := netx.AddrPortOf(victim.LocalAddr())
 	if code, reason := errorCode(t, c.do(stun.MethodCreatePermission, peerAttr(victimAP))); code != 0 {
 		t.Fatalf("CreatePermission for the relay's own IP: %d %s (permissions carry no port; the check is on send)", code, reason)
 	}
@@ -493,7 +494,7 @@ func TestBandwidthLimit(t *testing.T) {
 	c := dialRaw(t, r, "udp")
 	mustAllocate(t, c, "alice", "alice-pw")
 	peer := udpPeer(t, "127.0.0.1")
-	peerAP := addrPortOf(peer.LocalAddr())
+	peerAP := netx.AddrPortOf(peer.LocalAddr())
 	if code, _ := errorCode(t, c.do(stun.MethodCreatePermission, peerAttr(peerAP))); code != 0 {
 		t.Fatal("CreatePermission")
 	}

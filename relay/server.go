@@ -249,7 +249,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	network := netx.Or(s.opts.Network)
 	// TCP shares the UDP port (which port 0 has just picked).
 	listenHost, _, _ := net.SplitHostPort(s.cfg.Listen)
-	tcpAddr := net.JoinHostPort(listenHost, strconv.Itoa(int(addrPortOf(udpConns[0].LocalAddr()).Port())))
+	tcpAddr := net.JoinHostPort(listenHost, strconv.Itoa(int(netx.AddrPortOf(udpConns[0].LocalAddr()).Port())))
 	tcpLn, err := network.Listen(ctx, "tcp", tcpAddr)
 	if err != nil {
 		return netx.BindError("tcp", tcpAddr, "another TURN server", err)
@@ -270,14 +270,14 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 		closers = append(closers, func() { tlsLn.Close() })
 		s.mu.Lock()
-		s.tlsAddr = addrPortOf(tlsLn.Addr())
+		s.tlsAddr = netx.AddrPortOf(tlsLn.Addr())
 		s.mu.Unlock()
 		listeners = append(listeners, &turnListener{s: s,
 			Listener: tls.NewListener(tlsLn, src.TLSConfig())})
 	}
 
 	// STUN Binding in front of pion, sharing the primary UDP socket.
-	stunCfg := stunserver.Config{Primary: addrPortOf(udpConns[0].LocalAddr())}
+	stunCfg := stunserver.Config{Primary: netx.AddrPortOf(udpConns[0].LocalAddr())}
 	if s.cfg.AlternateAddress != "" {
 		stunCfg.Alternate = netip.MustParseAddrPort(s.cfg.AlternateAddress)
 	}
@@ -323,7 +323,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	closers = nil // owned by ts from here
 	s.mu.Lock()
-	s.addr = addrPortOf(udpConns[0].LocalAddr())
+	s.addr = netx.AddrPortOf(udpConns[0].LocalAddr())
 	s.mu.Unlock()
 
 	s.log.Info("relay: listening", "udp", udpConns[0].LocalAddr().String(), "read_sockets", len(udpConns),
@@ -412,7 +412,7 @@ func (s *Server) listenUDP(ctx context.Context) ([]net.PacketConn, error) {
 		if i == 0 {
 			// Port 0 picks one; the other reuseport sockets must join it.
 			host, _, _ := net.SplitHostPort(s.cfg.Listen)
-			addr = net.JoinHostPort(host, strconv.Itoa(int(addrPortOf(c.LocalAddr()).Port())))
+			addr = net.JoinHostPort(host, strconv.Itoa(int(netx.AddrPortOf(c.LocalAddr()).Port())))
 		}
 	}
 	if rb, err := rcvBuf(conns[0]); err == nil && s.cfg.SocketBuffer > 0 && rb < s.cfg.SocketBuffer {
@@ -571,7 +571,7 @@ func (s *Server) permit(client net.Addr, peer net.IP) bool {
 
 // authHandler is pion's AuthHandler.
 func (s *Server) authHandler(ra *turn.RequestAttributes) (string, []byte, bool) {
-	from := addrPortOf(ra.SrcAddr)
+	from := netx.AddrPortOf(ra.SrcAddr)
 	now := time.Now()
 	if s.fails.blocked(from.Addr().Unmap(), now) {
 		s.metrics.authFailures.WithLabelValues(authRateLimited).Inc()
@@ -599,7 +599,7 @@ func (s *Server) authHandler(ra *turn.RequestAttributes) (string, []byte, bool) 
 // quotaHandler is pion's QuotaHandler (false → 486 Allocation Quota Reached).
 func (s *Server) quotaHandler(userID, _ string, src net.Addr) bool {
 	l := s.limits.Load()
-	ip := addrPortOf(src).Addr().Unmap()
+	ip := netx.AddrPortOf(src).Addr().Unmap()
 	s.mu.Lock()
 	reason := ""
 	switch {
@@ -624,18 +624,18 @@ func (s *Server) eventHandler() turn.EventHandler {
 		OnAuth: func(src, _ net.Addr, _, username, _, method string, ok bool) {
 			if !ok {
 				s.metrics.authFailures.WithLabelValues(authBadPassword).Inc()
-				s.fails.fail(addrPortOf(src).Addr().Unmap(), time.Now())
+				s.fails.fail(netx.AddrPortOf(src).Addr().Unmap(), time.Now())
 				s.log.Debug("relay: authentication failed", "client", src.String(), "username", username, "method", method)
 			}
 		},
 		OnAllocationCreated: func(src, _ net.Addr, protocol, userID, _ string, relayAddr net.Addr, _ int) {
-			client := addrPortOf(src)
+			client := netx.AddrPortOf(src)
 			s.mu.Lock()
 			s.perIP[client.Addr().Unmap()]++
-			if rc := s.relays[addrPortOf(relayAddr)]; rc != nil {
+			if rc := s.relays[netx.AddrPortOf(relayAddr)]; rc != nil {
 				rc.client.Store(&client)
 			} else {
-				s.tcpClients[addrPortOf(relayAddr)] = client
+				s.tcpClients[netx.AddrPortOf(relayAddr)] = client
 			}
 			s.mu.Unlock()
 			s.log.Info("relay: allocation started", "user", userID, "client", client, "transport", protocol, "relay", relayAddr.String())
@@ -799,7 +799,7 @@ func (g *relayAllocator) AllocatePacketConn(conf turn.AllocateListenerConfig) (n
 		if err != nil {
 			return nil, nil, err
 		}
-		return conn, net.UDPAddrFromAddrPort(netip.AddrPortFrom(public, addrPortOf(conn.LocalAddr()).Port())), nil
+		return conn, net.UDPAddrFromAddrPort(netip.AddrPortFrom(public, netx.AddrPortOf(conn.LocalAddr()).Port())), nil
 	}
 	if err := s.reserve(conf.UserID); err != nil {
 		return nil, nil, err
@@ -818,7 +818,7 @@ func (g *relayAllocator) AllocatePacketConn(conf turn.AllocateListenerConfig) (n
 		return nil, nil, err
 	}
 	setConnBuffers(conn, min(s.sockBuf, relaySocketBuffer))
-	port := addrPortOf(conn.LocalAddr()).Port()
+	port := netx.AddrPortOf(conn.LocalAddr()).Port()
 	rc := &relayConn{PacketConn: conn, s: s, userID: conf.UserID, public: netip.AddrPortFrom(public, port), started: time.Now()}
 	l := s.limits.Load()
 	rc.setLimit(l.bandwidth)
@@ -875,7 +875,7 @@ func (g *relayAllocator) AllocateListener(conf turn.AllocateListenerConfig) (net
 		s.release(conf.UserID, nil)
 		return nil, nil, err
 	}
-	port := addrPortOf(ln.Addr()).Port()
+	port := netx.AddrPortOf(ln.Addr()).Port()
 	rl := &relayListener{Listener: ln, s: s, port: port, is4: bind.Is4(), public: public, userID: conf.UserID, started: time.Now()}
 	s.relayWG.Add(1)
 	s.tcpPort.set(bind.Is4(), port, true)
@@ -886,12 +886,12 @@ func (g *relayAllocator) AllocateListener(conf turn.AllocateListenerConfig) (net
 
 func (g *relayAllocator) AllocateConn(conf turn.AllocateConnConfig) (net.Conn, error) {
 	s := g.s
-	local := addrPortOf(conf.LocalAddr)
+	local := netx.AddrPortOf(conf.LocalAddr)
 	own := s.own.Load()
 	if b, ok := own.bindFor(local.Addr().Unmap()); ok {
 		local = netip.AddrPortFrom(b, local.Port())
 	}
-	remote := addrPortOf(conf.RemoteAddr)
+	remote := netx.AddrPortOf(conf.RemoteAddr)
 	rip := remote.Addr().Unmap()
 	if own.isOwn(rip) {
 		if !s.tcpPort.live(rip.Is4(), remote.Port()) {

@@ -110,3 +110,21 @@ func IsLoopbackListen(addr string) bool {
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsLoopback()
 }
+
+// AddrPortOf converts a socket address (UDP, TCP, or anything whose String
+// is "ip:port") to a netip.AddrPort; the zero value when it is not one.
+// IPv4-mapped IPv6 addresses stay as they are: callers that compare
+// addresses Unmap them.
+func AddrPortOf(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort()
+	case *net.TCPAddr:
+		return a.AddrPort()
+	}
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}

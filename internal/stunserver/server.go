@@ -137,7 +137,7 @@ func (s *Server) publicAddrs(conns [4]net.PacketConn) Addrs {
 		if c == nil {
 			return netip.AddrPort{}
 		}
-		return addrPortOf(c.LocalAddr())
+		return netx.AddrPortOf(c.LocalAddr())
 	}
 	a := Addrs{Primary: bound(conns[Primary]), Alternate: bound(conns[AltBoth])}
 	if p := s.cfg.Public.Primary; p.IsValid() {
@@ -199,12 +199,12 @@ func (s *Server) bindOnce(ctx context.Context) (conns [4]net.PacketConn, retry b
 		return conns, false, nil
 	}
 	pIP, aIP := s.cfg.Primary.Addr(), s.cfg.Alternate.Addr()
-	pPort := addrPortOf(conns[Primary].LocalAddr()).Port()
+	pPort := netx.AddrPortOf(conns[Primary].LocalAddr()).Port()
 	if conns[AltPort], err = listen(netip.AddrPortFrom(pIP, s.cfg.Alternate.Port())); err != nil {
 		closeAll()
 		return conns, false, err
 	}
-	aPort := addrPortOf(conns[AltPort].LocalAddr()).Port()
+	aPort := netx.AddrPortOf(conns[AltPort].LocalAddr()).Port()
 	if conns[AltIP], err = listen(netip.AddrPortFrom(aIP, pPort)); err != nil {
 		closeAll()
 		return conns, s.cfg.Primary.Port() == 0 && errors.Is(err, syscall.EADDRINUSE), err
@@ -262,22 +262,8 @@ func (s *Server) readLoop(c net.PacketConn, on Socket) {
 		if n >= len(buf) {
 			continue // truncated
 		}
-		s.Handle(buf[:n], addrPortOf(addr), on)
+		s.Handle(buf[:n], netx.AddrPortOf(addr), on)
 	}
-}
-
-func addrPortOf(a net.Addr) netip.AddrPort {
-	switch a := a.(type) {
-	case *net.UDPAddr:
-		return a.AddrPort()
-	case *net.TCPAddr:
-		return a.AddrPort()
-	}
-	if a == nil {
-		return netip.AddrPort{}
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
 }
 
 // String describes the server's sockets, for logs.
