@@ -91,7 +91,7 @@ func (s *Server) handle(c *peerConn, req request) {
 			return nil
 		})
 		if err != nil {
-			e = errorf(client.CodeInternal, "update peer: %v", err)
+			e = storeErr(err, errorf(client.CodeInternal, "update peer: %v", err))
 			break
 		}
 		c.reply(req.RID, client.TypeAck, client.Ack{OK: true})
@@ -258,11 +258,21 @@ var (
 	errBadRequest = errors.New("bad request")
 )
 
+// storeErr tells a peer plainly that the shared state is unreachable (the
+// NATS store during an outage: retrying later works) and returns otherwise
+// the handler's own error.
+func storeErr(err error, otherwise *client.Error) *client.Error {
+	if errors.Is(err, ErrUnavailable) {
+		return errorf(client.CodeUnavailable, "%v; retry in a moment", ErrUnavailable)
+	}
+	return otherwise
+}
+
 func (s *Server) handleCreateRoom(ctx context.Context, c *peerConn, id string, rid uint64, b *client.CreateRoom) *client.Error {
 	cfg := s.config()
 	p, err := s.store.Peer(ctx, id)
 	if err != nil {
-		return errorf(client.CodeInternal, "peer record missing")
+		return storeErr(err, errorf(client.CodeInternal, "peer record missing"))
 	}
 	if p.RoomClaim != "" && b.ID != p.RoomClaim {
 		return errorf(client.CodeForbidden, "the join token only allows room %q; create it with id %q", p.RoomClaim, p.RoomClaim)
@@ -301,7 +311,7 @@ func (s *Server) handleCreateRoom(ctx context.Context, c *peerConn, id string, r
 	case errors.Is(err, ErrRoomExists):
 		return errorf(client.CodeRoomExists, "room %q exists; join it instead", r.ID)
 	case err != nil:
-		return errorf(client.CodeInternal, "create room: %v", err)
+		return storeErr(err, errorf(client.CodeInternal, "create room: %v", err))
 	}
 	s.metrics.rooms.Inc()
 	p, _ = s.store.UpdatePeer(ctx, id, func(p *PeerRecord) error {
@@ -322,11 +332,11 @@ func (s *Server) handleJoin(ctx context.Context, c *peerConn, id string, rid uin
 		r, err = s.store.Room(ctx, b.RoomID)
 	}
 	if err != nil {
-		return errorf(client.CodeRoomNotFound, "no room with that id or code")
+		return storeErr(err, errorf(client.CodeRoomNotFound, "no room with that id or code"))
 	}
 	p, err := s.store.Peer(ctx, id)
 	if err != nil {
-		return errorf(client.CodeInternal, "peer record missing")
+		return storeErr(err, errorf(client.CodeInternal, "peer record missing"))
 	}
 	if p.RoomClaim != "" && r.ID != p.RoomClaim {
 		return errorf(client.CodeForbidden, "the join token only allows room %q", p.RoomClaim)
@@ -356,6 +366,8 @@ func (s *Server) handleJoin(ctx context.Context, c *peerConn, id string, rid uin
 		return nil
 	})
 	switch {
+	case errors.Is(err, ErrUnavailable):
+		return storeErr(err, nil)
 	case errors.Is(err, errRoomFull):
 		return errorf(client.CodeRoomFull, "room is full (capacity %d)", capacity)
 	case errors.Is(err, ErrNotFound):
@@ -570,12 +582,12 @@ func (s *Server) handleSignal(ctx context.Context, id string, rid uint64, b *cli
 	}
 	p, err := s.store.Peer(ctx, id)
 	if err != nil {
-		return errorf(client.CodeInternal, "peer record missing")
+		return storeErr(err, errorf(client.CodeInternal, "peer record missing"))
 	}
 	if b.To == "" {
 		r, err := s.store.Room(ctx, b.RoomID)
 		if err != nil || !r.HasMember(id) {
-			return errorf(client.CodeNotInRoom, "not a member of room %q", b.RoomID)
+			return storeErr(err, errorf(client.CodeNotInRoom, "not a member of room %q", b.RoomID))
 		}
 		frame := encodeSignal(id, "", r.ID, b.Payload)
 		n := s.broadcast(ctx, r, id, frame)
@@ -614,7 +626,7 @@ func punchLead(rttA, rttB time.Duration) time.Duration {
 func (s *Server) handleConnect(ctx context.Context, c *peerConn, id string, rid uint64, b *client.Connect) *client.Error {
 	p, err := s.store.Peer(ctx, id)
 	if err != nil {
-		return errorf(client.CodeInternal, "peer record missing")
+		return storeErr(err, errorf(client.CodeInternal, "peer record missing"))
 	}
 	var pairs [][2]string
 	if b.PeerID != "" {
@@ -628,7 +640,7 @@ func (s *Server) handleConnect(ctx context.Context, c *peerConn, id string, rid 
 	} else {
 		r, err := s.store.Room(ctx, b.RoomID)
 		if err != nil || !r.HasMember(id) {
-			return errorf(client.CodeNotInRoom, "not a member of room %q", b.RoomID)
+			return storeErr(err, errorf(client.CodeNotInRoom, "not a member of room %q", b.RoomID))
 		}
 		for i := range r.Members {
 			for j := i + 1; j < len(r.Members); j++ {

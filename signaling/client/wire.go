@@ -94,6 +94,7 @@ const (
 	CodeNotHost             = "not_host"             // only the room host may do this
 	CodeSlowConsumer        = "slow_consumer"        // send queue overflowed; connection closed
 	CodeServerShutdown      = "server_shutdown"      // server is going away
+	CodeUnavailable         = "unavailable"          // the shared state (NATS) is unreachable; retry shortly
 	CodeInternal            = "internal"             // server bug; report it
 )
 

@@ -144,7 +144,12 @@ func TestCrossNode(t *testing.T) {
 		// Each node talks to a different NATS server first.
 		urls := cluster.URLs()
 		urls[0], urls[i] = urls[i], urls[0]
-		nodes = append(nodes, startNode(t, testConfig(urls, "xnode")))
+		cfg := testConfig(urls, "xnode")
+		// This test kills a NATS server; presence must outlast the stream
+		// leader election that follows (4-10 s on 2.9 under load), as
+		// docs/scale-out.md asks of a deployment, or live nodes get reaped.
+		cfg.PresenceTTL = DefaultConfig().PresenceTTL
+		nodes = append(nodes, startNode(t, cfg))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -402,13 +407,20 @@ func TestNATSOutage(t *testing.T) {
 
 	cluster.Servers[0].Kill()
 	waitUntil(t, "node a sees the outage", func() bool { return !a.store.Connected() })
-	// (update_peer passes the store's error through; several other
-	// handlers still say only "peer record missing".)
-	err = alice.UpdatePeer(ctx, client.UpdatePeer{Candidates: []client.Candidate{{Type: "host", Addr: "127.0.0.1:5000"}}})
-	var ce *client.Error
-	if !errors.As(err, &ce) || ce.Code != client.CodeInternal || !strings.Contains(ce.Message, "shared state (NATS) unreachable") {
-		t.Fatalf("update peer during the outage: %v", err)
+	// Every request that needs the shared state gets the same stable code.
+	unavailable := func(what string, err error) {
+		t.Helper()
+		var ce *client.Error
+		if !errors.As(err, &ce) || ce.Code != client.CodeUnavailable || !strings.Contains(ce.Message, "shared state (NATS) unreachable") {
+			t.Errorf("%s during the outage: %v, want code %q", what, err, client.CodeUnavailable)
+		}
 	}
+	unavailable("update_peer", alice.UpdatePeer(ctx, client.UpdatePeer{Candidates: []client.Candidate{{Type: "host", Addr: "127.0.0.1:5000"}}}))
+	_, err = alice.CreateRoom(ctx, client.CreateRoom{})
+	unavailable("create_room", err)
+	_, err = bob.Join(ctx, client.Join{Code: room.Room.Code})
+	unavailable("join", err)
+	unavailable("signal", alice.Signal(ctx, "", room.Room.ID, "during"))
 
 	if err := cluster.Servers[0].Restart(); err != nil {
 		t.Fatal(err)
