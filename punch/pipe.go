@@ -26,7 +26,7 @@ func Pipe(ctx context.Context, s *Session, in <-chan []byte, out io.Writer, ling
 	go func() { errc <- pipeReceive(ctx, s, out) }()
 	for range 2 {
 		if err := <-errc; err != nil {
-			if s.Err() != nil && isGracefulClose(s) {
+			if isGracefulClose(err) || isGracefulClose(s.Err()) {
 				return nil // the peer finished first and closed: it had all our data
 			}
 			return err
@@ -47,10 +47,12 @@ func Pipe(ctx context.Context, s *Session, in <-chan []byte, out io.Writer, ling
 	return nil
 }
 
-// isGracefulClose says whether the peer ended the session with code 0 (Close).
-func isGracefulClose(s *Session) bool {
+// isGracefulClose says whether err is the peer ending the session with code 0
+// (Close). A stream read can report it before the session's own context does,
+// so both are asked.
+func isGracefulClose(err error) bool {
 	var ae *quic.ApplicationError
-	return errors.As(s.Err(), &ae) && ae.Remote && ae.ErrorCode == 0
+	return errors.As(err, &ae) && ae.Remote && ae.ErrorCode == 0
 }
 
 func pipeSend(ctx context.Context, s *Session, in <-chan []byte) error {
