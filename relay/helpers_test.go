@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -24,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/netx"
+	"github.com/rendezvous-p2p/rendezvous/internal/service/servicetest"
 )
 
 // The test relay listens on 127.0.0.2 so that 127.0.0.1, where clients and
@@ -106,24 +106,7 @@ func startRelay(t *testing.T, mutate func(*Config), opts ...Options) *testRelay 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	var runErr error
-	go func() { runErr = srv.Run(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		if runErr != nil {
-			t.Errorf("relay Run: %v", runErr)
-		}
-	})
-	select {
-	case <-srv.Ready():
-	case <-done:
-		t.Fatalf("relay failed to start: %v", runErr)
-	case <-time.After(10 * time.Second):
-		t.Fatal("relay not ready after 10s")
-	}
+	servicetest.Start(t, srv)
 	return &testRelay{srv: srv, reg: reg, addr: srv.Addr(), tlsAddr: srv.TLSAddr(), certPEM: certPEM}
 }
 

@@ -3,11 +3,10 @@
 package stunservertest
 
 import (
-	"context"
 	"net/netip"
 	"testing"
-	"time"
 
+	"github.com/rendezvous-p2p/rendezvous/internal/service/servicetest"
 	"github.com/rendezvous-p2p/rendezvous/internal/stunserver"
 )
 
@@ -45,23 +44,6 @@ func run(t testing.TB, cfg stunserver.Config, opts stunserver.Options) stunserve
 	if err != nil {
 		t.Fatalf("stunservertest: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	var runErr error
-	go func() { runErr = srv.Run(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		if runErr != nil {
-			t.Errorf("stunservertest: server stopped with %v", runErr)
-		}
-	})
-	select {
-	case <-srv.Ready():
-	case <-done:
-		t.Fatalf("stunservertest: server failed to start: %v", runErr)
-	case <-time.After(10 * time.Second):
-		t.Fatal("stunservertest: server not ready after 10s")
-	}
+	servicetest.Start(t, srv)
 	return srv.Addrs()
 }
