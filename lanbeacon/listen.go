@@ -286,9 +286,9 @@ func (l *Listener) Run(ctx context.Context) error {
 	}
 	cm4 := p4 != nil && p4.SetControlMessage(ipv4.FlagInterface, true) == nil
 	cm6 := p6 != nil && p6.SetControlMessage(ipv6.FlagInterface, true) == nil
-	wg.Go(func() { l.read4(c4, p4, cm4) })
+	wg.Go(func() { l.readLoop(read4(c4, p4, cm4)) })
 	if c6 != nil {
-		wg.Go(func() { l.read6(c6, p6, cm6) })
+		wg.Go(func() { l.readLoop(read6(c6, p6, cm6)) })
 	}
 	close(l.ready)
 
@@ -348,46 +348,45 @@ func (l *Listener) refreshInterfaces(p6 *ipv6.PacketConn) {
 	}
 }
 
-func (l *Listener) read4(c net.PacketConn, p *ipv4.PacketConn, withCM bool) {
-	buf := make([]byte, MaxPacketSize+1)
-	for {
-		var n, ifindex int
-		var from net.Addr
-		var err error
-		if withCM {
-			var cm *ipv4.ControlMessage
-			n, cm, from, err = p.ReadFrom(buf)
-			if cm != nil {
-				ifindex = cm.IfIndex
-			}
-		} else {
-			n, from, err = c.ReadFrom(buf)
+// readFunc reads one datagram and reports the interface it arrived on (0
+// when the socket gives no control messages).
+type readFunc func(buf []byte) (n, ifindex int, from net.Addr, err error)
+
+// read4 reads IPv4 datagrams, with the receiving interface when withCM.
+func read4(c net.PacketConn, p *ipv4.PacketConn, withCM bool) readFunc {
+	return func(buf []byte) (int, int, net.Addr, error) {
+		if !withCM {
+			n, from, err := c.ReadFrom(buf)
+			return n, 0, from, err
 		}
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				l.log.Warn("lanbeacon: read", "err", err)
-			}
-			return
+		n, cm, from, err := p.ReadFrom(buf)
+		if cm != nil {
+			return n, cm.IfIndex, from, err
 		}
-		l.handle(buf[:n], from, ifindex, time.Now())
+		return n, 0, from, err
 	}
 }
 
-func (l *Listener) read6(c net.PacketConn, p *ipv6.PacketConn, withCM bool) {
+// read6 is read4 for IPv6.
+func read6(c net.PacketConn, p *ipv6.PacketConn, withCM bool) readFunc {
+	return func(buf []byte) (int, int, net.Addr, error) {
+		if !withCM {
+			n, from, err := c.ReadFrom(buf)
+			return n, 0, from, err
+		}
+		n, cm, from, err := p.ReadFrom(buf)
+		if cm != nil {
+			return n, cm.IfIndex, from, err
+		}
+		return n, 0, from, err
+	}
+}
+
+// readLoop hands every datagram to handle until the socket is closed.
+func (l *Listener) readLoop(read readFunc) {
 	buf := make([]byte, MaxPacketSize+1)
 	for {
-		var n, ifindex int
-		var from net.Addr
-		var err error
-		if withCM {
-			var cm *ipv6.ControlMessage
-			n, cm, from, err = p.ReadFrom(buf)
-			if cm != nil {
-				ifindex = cm.IfIndex
-			}
-		} else {
-			n, from, err = c.ReadFrom(buf)
-		}
+		n, ifindex, from, err := read(buf)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				l.log.Warn("lanbeacon: read", "err", err)
