@@ -233,6 +233,9 @@ func validate(body any) *client.Error {
 		if b.DurationMS < 0 || b.DurationMS > 3_600_000 {
 			return errorf(client.CodeBadRequest, "duration_ms: out of range")
 		}
+		if b.Probes < 0 || b.Probes > 1_000_000 {
+			return errorf(client.CodeBadRequest, "probes: out of range")
+		}
 	case *client.Signal:
 		if b.To == "" && b.RoomID == "" {
 			return errorf(client.CodeBadRequest, "signal: give to (a peer id) and/or room_id (broadcast)")

@@ -710,19 +710,23 @@ func (s *Server) handleConnectResult(ctx context.Context, c *peerConn, id string
 	ss.reported = true
 	natA, natB := ss.natA, ss.natB
 	s.sessMu.Unlock()
+	// The reporter's own view of NAT types wins over what it registered.
+	local, remote := natA, natB
+	if ss.b == id {
+		local, remote = natB, natA
+	}
+	if slices.Contains(client.NATTypes, b.LocalNAT) {
+		local = b.LocalNAT
+	}
+	if slices.Contains(client.NATTypes, b.RemoteNAT) {
+		remote = b.RemoteNAT
+	}
+	pair := natPair(local, remote)
+	// Only the prober knows its probe count: it counts whichever side reports first.
+	if b.Probes > 0 {
+		s.metrics.connectProbes.WithLabelValues(b.Outcome, pair).Observe(float64(b.Probes))
+	}
 	if first {
-		// The reporter's own view of NAT types wins over what it registered.
-		local, remote := natA, natB
-		if ss.b == id {
-			local, remote = natB, natA
-		}
-		if slices.Contains(client.NATTypes, b.LocalNAT) {
-			local = b.LocalNAT
-		}
-		if slices.Contains(client.NATTypes, b.RemoteNAT) {
-			remote = b.RemoteNAT
-		}
-		pair := natPair(local, remote)
 		s.metrics.connectOutcomes.WithLabelValues(b.Outcome, pair).Inc()
 		if b.Outcome != "failed" {
 			s.metrics.connectSeconds.WithLabelValues(b.Outcome, pair).Observe(b.DurationMS / 1000)

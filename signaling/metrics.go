@@ -20,6 +20,7 @@ type metrics struct {
 	connectRequests  prometheus.Counter
 	connectOutcomes  *prometheus.CounterVec
 	connectSeconds   *prometheus.HistogramVec
+	connectProbes    *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -62,10 +63,13 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		connectSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "connect_duration_seconds", Help: "Time from punch start to a working path, by outcome and NAT type pair.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 12)}, []string{"outcome", "nat_pair"}),
+		connectProbes: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "connect_probes", Help: "Birthday probes a peer sent for one connect, by outcome and NAT type pair.",
+			Buckets: []float64{16, 32, 64, 128, 256, 512, 1024, 2048, 4096}}, []string{"outcome", "nat_pair"}),
 	}
 	for _, c := range []prometheus.Collector{m.upgrades, m.connections, m.peers, m.rooms, m.framesReceived,
 		m.framesSent, m.requests, m.errors, m.disconnects, m.resumes, m.hostMigrations, m.signals,
-		m.stunObservations, m.rtt, m.connectRequests, m.connectOutcomes, m.connectSeconds} {
+		m.stunObservations, m.rtt, m.connectRequests, m.connectOutcomes, m.connectSeconds, m.connectProbes} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/turncreds"
 	"github.com/rendezvous-p2p/rendezvous/signaling/client"
@@ -503,8 +504,14 @@ func TestConnectPunchSchedule(t *testing.T) {
 		t.Fatalf("punch schedule a=%+v b=%+v", pa, pb)
 	}
 	a.mustCall(client.TypeConnectResult, client.ConnectResult{SessionID: pa.SessionID, PeerID: rb.PeerID, Outcome: "direct", DurationMS: 42}, nil)
-	b.mustCall(client.TypeConnectResult, client.ConnectResult{SessionID: pa.SessionID, PeerID: ra.PeerID, Outcome: "direct", DurationMS: 40}, nil)
+	// The prober's report counts its probes even when it is not the first.
+	b.mustCall(client.TypeConnectResult, client.ConnectResult{SessionID: pa.SessionID, PeerID: ra.PeerID, Outcome: "direct", DurationMS: 40, Probes: 300}, nil)
 	pair := "address-port-dependent+endpoint-independent"
+	var probes dto.Metric
+	ts.metrics.connectProbes.WithLabelValues("direct", pair).(prometheus.Metric).Write(&probes)
+	if h := probes.GetHistogram(); h.GetSampleCount() != 1 || h.GetSampleSum() != 300 {
+		t.Fatalf("probes histogram for %s: count %d sum %v, want 1 observation of 300", pair, h.GetSampleCount(), h.GetSampleSum())
+	}
 	if got := testutil.ToFloat64(ts.metrics.connectOutcomes.WithLabelValues("direct", pair)); got != 1 {
 		t.Fatalf("direct outcomes for %s = %v, want 1 (one per session)", pair, got)
 	}

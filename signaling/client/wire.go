@@ -127,8 +127,11 @@ type Candidate struct {
 
 // NATReport is what a peer measured about its own NAT.
 type NATReport struct {
-	// Type is one of "open", "endpoint-independent", "address-dependent",
-	// "address-port-dependent", "unknown".
+	// Type is the NAT's mapping behaviour (RFC 4787 §4.1), what decides how
+	// a pair punches: "open" (no NAT), "endpoint-independent" (one public
+	// port for every destination: easy to punch), "address-dependent" or
+	// "address-port-dependent" (a new public port per destination: a
+	// "symmetric" NAT, reached by birthday probing), or "unknown".
 	Type string `json:"type"`
 	// Mapping and Filtering are free-form details (RFC 4787 terms).
 	Mapping   string `json:"mapping,omitempty"`
@@ -378,6 +381,9 @@ type ConnectResult struct {
 	DurationMS float64 `json:"duration_ms"`
 	LocalNAT   string  `json:"local_nat,omitempty"`
 	RemoteNAT  string  `json:"remote_nat,omitempty"`
+	// Probes is how many birthday probes this side sent (the side behind the
+	// endpoint-independent NAT probes; zero when the pair did not probe).
+	Probes int `json:"probes,omitempty"`
 }
 
 // Signal carries an opaque payload to another peer in a shared room. The
