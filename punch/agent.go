@@ -38,18 +38,21 @@ type AgentConfig struct {
 
 // AgentEvent is something that happened, for display (connect --json).
 type AgentEvent struct {
-	Event    string    `json:"event"` // registered, reflexive, relay, room, peer_joined, peer_left, connecting, connected, path, failed, warning
-	PeerID   string    `json:"peer_id,omitempty"`
-	PeerName string    `json:"peer_name,omitempty"`
-	Room     string    `json:"room,omitempty"`
-	Code     string    `json:"code,omitempty"`
-	Path     *Path     `json:"path,omitempty"`
-	From     *Path     `json:"from,omitempty"`   // path: the path left
-	Reason   string    `json:"reason,omitempty"` // path: why it switched
-	Addr     string    `json:"addr,omitempty"`
-	Error    string    `json:"error,omitempty"`
-	TookMS   float64   `json:"took_ms,omitempty"`
-	Time     time.Time `json:"time"`
+	Event    string `json:"event"` // registered, reflexive, relay, room, peer_joined, peer_left, connecting, connected, path, probed, failed, warning
+	PeerID   string `json:"peer_id,omitempty"`
+	PeerName string `json:"peer_name,omitempty"`
+	Room     string `json:"room,omitempty"`
+	Code     string `json:"code,omitempty"`
+	Path     *Path  `json:"path,omitempty"`
+	From     *Path  `json:"from,omitempty"`   // path: the path left
+	Reason   string `json:"reason,omitempty"` // path: why it switched
+	Addr     string `json:"addr,omitempty"`
+	NAT      string `json:"nat,omitempty"` // reflexive: this side's NAT type
+	// Probe is birthday probing's outcome (probed).
+	Probe  *ProbeResult `json:"probe,omitempty"`
+	Error  string       `json:"error,omitempty"`
+	TookMS float64      `json:"took_ms,omitempty"`
+	Time   time.Time    `json:"time"`
 }
 
 // PeerSession is a session with a peer met through signaling.
@@ -122,16 +125,20 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 			relayed <- allocated{c, err}
 		}()
 	}
+	var update client.UpdatePeer
 	if stunAddr, err := a.stunServer(cfg.STUNServer, sc.URL, reg.ICEServers); err != nil {
 		a.emit(AgentEvent{Event: "warning", Error: "no STUN server: " + err.Error() + "; offering host candidates only"})
 	} else {
 		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		srflx, err := ep.ReflexiveAddress(sctx, stunAddr, reg.PeerToken)
+		nat, err := ep.DiscoverNAT(sctx, stunAddr, reg.PeerToken)
 		cancel()
 		if err != nil {
 			a.emit(AgentEvent{Event: "warning", Error: fmt.Sprintf("STUN to %s: %v; offering host candidates only", stunAddr, err)})
 		} else {
-			a.emit(AgentEvent{Event: "reflexive", Addr: srflx.String()})
+			a.emit(AgentEvent{Event: "reflexive", Addr: nat.Reflexive.String(), NAT: string(nat.Type)})
+			if nat.Type != NATUnknown {
+				update.NAT = &client.NATReport{Type: string(nat.Type), Mapping: string(nat.Type)}
+			}
 		}
 	}
 	if relayed != nil {
@@ -143,9 +150,12 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 				a.emit(AgentEvent{Event: "relay", Addr: c.Addr.String()})
 				cands = append(cands, client.Candidate{Type: string(Relayed), Addr: c.Addr.String(), Proto: "udp"})
 			}
-			if err := sig.UpdatePeer(ctx, client.UpdatePeer{Candidates: cands}); err != nil {
-				a.emit(AgentEvent{Event: "warning", Error: "offering relayed candidates: " + err.Error()})
-			}
+			update.Candidates = cands
+		}
+	}
+	if update.NAT != nil || update.Candidates != nil {
+		if err := sig.UpdatePeer(ctx, update); err != nil {
+			a.emit(AgentEvent{Event: "warning", Error: "offering relayed candidates and the NAT type: " + err.Error()})
 		}
 	}
 	a.wg.Add(1)
@@ -270,7 +280,10 @@ func PeerFromPunch(p client.Punch, localTime func(int64) time.Time) (Peer, error
 		return Peer{}, err
 	}
 	sum := sha256.Sum256([]byte(p.SessionID))
-	peer := Peer{Key: key, Start: localTime(p.StartAt)}
+	peer := Peer{Key: key, Start: localTime(p.StartAt), NAT: NATUnknown}
+	if p.Peer.NAT != nil {
+		peer.NAT = NATType(p.Peer.NAT.Type)
+	}
 	copy(peer.Session[:], sum[:8])
 	add := func(kind CandidateKind, s string) {
 		if ap, err := netip.ParseAddrPort(s); err == nil {
@@ -301,7 +314,8 @@ func (a *Agent) punch(p client.Punch) {
 	a.emit(who)
 	s, err := a.ep.Connect(a.ctx, peer)
 	took := time.Since(peer.Start)
-	result := client.ConnectResult{SessionID: p.SessionID, PeerID: p.Peer.ID, Outcome: "direct", DurationMS: float64(took) / float64(time.Millisecond)}
+	result := client.ConnectResult{SessionID: p.SessionID, PeerID: p.Peer.ID, Outcome: "direct", DurationMS: float64(took) / float64(time.Millisecond),
+		LocalNAT: string(a.ep.NATType()), RemoteNAT: string(peer.NAT)}
 	if err != nil {
 		result.Outcome = "failed"
 		who.Event, who.Error = "failed", err.Error()
@@ -316,10 +330,31 @@ func (a *Agent) punch(p client.Punch) {
 	}
 	who.TookMS = result.DurationMS
 	// The outcome report is for the server's metrics: send it without making
-	// the game wait a server round trip for its session.
+	// the game wait a server round trip for its session. A session that
+	// probes for a direct path reports once probing ended, with its outcome.
+	var probe *Probe
+	if err == nil {
+		probe = s.Probe()
+	}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
+		if probe != nil {
+			select {
+			case <-probe.Done():
+			case <-a.ctx.Done():
+				return
+			}
+			if r := probe.Result(); r.Probes > 0 {
+				a.emit(AgentEvent{Event: "probed", PeerID: p.Peer.ID, PeerName: p.Peer.Name, Probe: &r, TookMS: float64(r.Took) / float64(time.Millisecond)})
+				if r.Role == roleProber {
+					result.Probes = r.Probes
+				}
+				if r.Found {
+					result.Outcome, result.DurationMS = "direct", float64(r.Took)/float64(time.Millisecond)
+				}
+			}
+		}
 		rctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
 		defer cancel()
 		if rerr := a.sig.ReportResult(rctx, result); rerr != nil {

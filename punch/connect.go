@@ -34,6 +34,8 @@ type Peer struct {
 	Candidates []Candidate
 	// Start is when both sides begin probing (local clock); zero means now.
 	Start time.Time
+	// NAT is the peer's NAT type as it reported it (NATUnknown when empty).
+	NAT NATType
 }
 
 // Path describes the path a session sends on. For a relayed path, Local is
@@ -83,6 +85,20 @@ type attempt struct {
 
 	won      chan win // verified paths, first first
 	incoming chan *quic.Conn
+
+	probe    *Probe        // birthday probing, when the pair needs it
+	gone     chan struct{} // closed when the attempt is unregistered
+	goneOnce sync.Once
+}
+
+// closeProbe ends birthday probing and closes its sockets.
+func (a *attempt) closeProbe() {
+	a.mu.Lock()
+	p := a.probe
+	a.mu.Unlock()
+	if p != nil {
+		p.close()
+	}
 }
 
 func (e *Endpoint) register(peer Peer) (*attempt, error) {
@@ -97,6 +113,7 @@ func (e *Endpoint) register(peer Peer) (*attempt, error) {
 		pathEvents: make(chan PathEvent, 32),
 		won:        make(chan win, 8),
 		incoming:   make(chan *quic.Conn, 1),
+		gone:       make(chan struct{}),
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -142,6 +159,8 @@ func (e *Endpoint) unregister(a *attempt) {
 		}
 	}
 	e.mu.Unlock()
+	a.goneOnce.Do(func() { close(a.gone) })
+	a.closeProbe()
 }
 
 func (e *Endpoint) attemptByVirtual(ap netip.AddrPort) *attempt {
@@ -177,17 +196,24 @@ func orderCandidates(cs []Candidate) []Candidate {
 	return out
 }
 
-func (e *Endpoint) sendPing(a *attempt, to route) {
+func (e *Endpoint) sendPing(a *attempt, to route) { e.ping(a, to, true) }
+
+// ping sends a signed ping on to. A path tracked by the ladder records it
+// for its loss window; a birthday probe does not (most never get an answer:
+// the path is tracked once one does).
+func (e *Endpoint) ping(a *attempt, to route, track bool) {
 	txid := randomTxID()
 	now := time.Now()
 	a.mu.Lock()
 	a.pending[txid] = pendingPing{to: to, sent: now}
-	ps := a.paths[to]
-	if ps == nil {
-		ps = &pathState{route: to}
-		a.paths[to] = ps
+	if track {
+		ps := a.paths[to]
+		if ps == nil {
+			ps = &pathState{route: to}
+			a.paths[to] = ps
+		}
+		ps.recordPing(txid, now, e.cfg.Ladder.LossWindow)
 	}
-	ps.recordPing(txid, now, e.cfg.Ladder.LossWindow)
 	// Forget pings nobody will answer any more.
 	if len(a.pending) > 256 {
 		for id, pp := range a.pending {
@@ -224,6 +250,15 @@ func (e *Endpoint) handleProbe(b []byte, src route) {
 		e.count(func(s *Stats) { s.DroppedUnknownPeer++ })
 		return
 	}
+	if src.sock != nil {
+		// The peer's probe hit one of our birthday sockets: it is the path.
+		a.mu.Lock()
+		pr := a.probe
+		a.mu.Unlock()
+		if pr != nil {
+			pr.answered(src.sock)
+		}
+	}
 	switch p.typ {
 	case probePing:
 		pong := probe{typ: probePong, session: p.session, sender: e.id.PublicKey(), txid: p.txid, sentUnix: p.sentUnix, observed: src.addr}
@@ -234,14 +269,22 @@ func (e *Endpoint) handleProbe(b []byte, src route) {
 		now := time.Now()
 		a.mu.Lock()
 		pp, ok := a.pending[p.txid]
+		var probed *Probe
 		if ok && pp.to == src {
 			delete(a.pending, p.txid)
-			if ps := a.paths[src]; ps != nil {
-				ps.recordPong(p.txid, pp.sent, now, e.cfg.Ladder.StaleAfter)
+			ps := a.paths[src]
+			if ps == nil { // an answered birthday probe: a path from now on
+				ps = &pathState{route: src}
+				a.paths[src] = ps
+				probed = a.probe
 			}
+			ps.recordPong(p.txid, pp.sent, now, e.cfg.Ladder.StaleAfter)
 			a.evaluateLocked(e, now)
 		}
 		a.mu.Unlock()
+		if probed != nil {
+			probed.answered(nil)
+		}
 		if !ok || pp.to != src {
 			e.count(func(s *Stats) { s.DroppedUnasked++ })
 			return
@@ -341,7 +384,8 @@ func (e *Endpoint) connect(ctx context.Context, a *attempt) (*Session, error) {
 		}
 	}
 	started := time.Now()
-	punchCtx, cancel := context.WithTimeout(ctx, e.cfg.PunchWindow)
+	window := e.startBirthday(a, started)
+	punchCtx, cancel := context.WithTimeout(ctx, window)
 	defer cancel()
 
 	var (
@@ -394,7 +438,7 @@ punching:
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			return nil, fmt.Errorf("%w (%v, %d candidates tried)", ErrNoPath, e.cfg.PunchWindow, len(a.snapshotTargets()))
+			return nil, fmt.Errorf("%w (%v, %d candidates tried)", ErrNoPath, window, len(a.snapshotTargets()))
 		case <-e.ctx.Done():
 			return nil, net.ErrClosed
 		}

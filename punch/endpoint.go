@@ -63,6 +63,8 @@ type Config struct {
 	IdleTimeout time.Duration
 	// Ladder tunes path liveness and switching between direct and relayed paths.
 	Ladder LadderConfig
+	// Birthday tunes probing for a direct path through a symmetric NAT.
+	Birthday BirthdayConfig
 }
 
 // DefaultConfig punches for 3 s.
@@ -75,6 +77,7 @@ func DefaultConfig() Config {
 		KeepAlive:        5 * time.Second,
 		IdleTimeout:      30 * time.Second,
 		Ladder:           DefaultLadder(),
+		Birthday:         DefaultBirthday(),
 	}
 }
 
@@ -96,7 +99,7 @@ func (c Config) Validate() error {
 	case c.Ladder.StepUpAfter < 0 || c.Ladder.RelayGrace < 0:
 		return errors.New("ladder: step-up-after and relay-grace must not be negative")
 	}
-	return nil
+	return c.Birthday.validate()
 }
 
 // Endpoint is one peer's UDP socket with everything that runs over it.
@@ -118,6 +121,7 @@ type Endpoint struct {
 	byVirtual map[netip.AddrPort]*attempt
 	allocs    []*allocation
 	stunWait  map[[12]byte]chan stunAns // by STUN transaction id
+	nat       NATType
 	stats     Stats
 }
 
@@ -127,10 +131,13 @@ type Stats struct {
 	DroppedMalformed, DroppedBadSig    uint64
 	DroppedUnknownPeer, DroppedUnasked uint64
 	RejectedHandshakes                 uint64
+	// BirthdayProbes and BirthdaySockets count hard-NAT probing: probes
+	// sent as the prober, sockets opened as the opener.
+	BirthdayProbes, BirthdaySockets uint64
 }
 
 type stunAns struct {
-	addr netip.AddrPort
+	resp client.BindingResponse
 	err  error
 }
 
@@ -203,9 +210,16 @@ func (e *Endpoint) Close() error {
 	e.mu.Lock()
 	allocs := e.allocs
 	e.allocs = nil
+	attempts := make([]*attempt, 0, len(e.attempts))
+	for _, a := range e.attempts {
+		attempts = append(attempts, a)
+	}
 	e.mu.Unlock()
 	for _, a := range allocs {
 		a.close()
+	}
+	for _, a := range attempts {
+		a.closeProbe()
 	}
 	e.done.Wait()
 	return err
@@ -244,12 +258,12 @@ func (e *Endpoint) handlePacket(b []byte, r route) {
 		if a != nil {
 			a.noteInbound(r)
 			e.vconn.deliver(b, net.UDPAddrFromAddrPort(a.vaddr))
-		} else if r.via == nil {
+		} else if r.via == nil && r.sock == nil {
 			e.vconn.deliver(b, net.UDPAddrFromAddrPort(r.addr))
 		}
 	case isProbe(b):
 		e.handleProbe(b, r)
-	case r.via == nil && stun.IsMessage(b):
+	case r.via == nil && r.sock == nil && stun.IsMessage(b):
 		e.handleSTUN(b)
 	default:
 		e.count(func(s *Stats) { s.DroppedMalformed++ })
@@ -267,24 +281,27 @@ func (e *Endpoint) send(b []byte, to netip.AddrPort) { e.sendRoute(b, route{addr
 // sendRoute sends b over r: our UDP socket or a TURN allocation.
 func (e *Endpoint) sendRoute(b []byte, r route) {
 	var err error
-	if r.via == nil {
-		_, err = e.conn.WriteTo(b, net.UDPAddrFromAddrPort(r.addr))
-	} else {
+	switch {
+	case r.via != nil:
 		_, err = r.via.conn.WriteTo(b, net.UDPAddrFromAddrPort(r.addr))
+	case r.sock != nil:
+		_, err = r.sock.conn.WriteTo(b, net.UDPAddrFromAddrPort(r.addr))
+	default:
+		_, err = e.conn.WriteTo(b, net.UDPAddrFromAddrPort(r.addr))
 	}
 	if err != nil {
 		e.log.Debug("send failed", "to", r.addr.String(), "kind", string(r.kind()), "err", err)
 	}
 }
 
-// ReflexiveAddress sends a STUN Binding request from this socket to server
-// and returns the address the server saw. token, when not empty, rides in a
-// PEER-TOKEN attribute so the rendezvous server ties that address to this
-// peer. It retries (RFC 8489 style) until ctx ends.
-func (e *Endpoint) ReflexiveAddress(ctx context.Context, server netip.AddrPort, token string) (netip.AddrPort, error) {
+// bind sends a STUN Binding request from this socket to server and returns
+// the answer. token, when not empty, rides in a PEER-TOKEN attribute so the
+// rendezvous server ties the address it saw to this peer. It retries (RFC
+// 8489 style) until ctx ends.
+func (e *Endpoint) bind(ctx context.Context, server netip.AddrPort, token string) (client.BindingResponse, error) {
 	msg, err := client.NewBindingRequest(token)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return client.BindingResponse{}, err
 	}
 	ch := make(chan stunAns, 1)
 	e.mu.Lock()
@@ -302,13 +319,13 @@ func (e *Endpoint) ReflexiveAddress(ctx context.Context, server netip.AddrPort, 
 		select {
 		case a := <-ch:
 			t.Stop()
-			return a.addr, a.err
+			return a.resp, a.err
 		case <-ctx.Done():
 			t.Stop()
-			return netip.AddrPort{}, fmt.Errorf("punch: no STUN answer from %s: %w", server, ctx.Err())
+			return client.BindingResponse{}, fmt.Errorf("punch: no STUN answer from %s: %w", server, ctx.Err())
 		case <-e.ctx.Done():
 			t.Stop()
-			return netip.AddrPort{}, net.ErrClosed
+			return client.BindingResponse{}, net.ErrClosed
 		case <-t.C:
 			rto = min(2*rto, 2*time.Second)
 		}
@@ -316,19 +333,19 @@ func (e *Endpoint) ReflexiveAddress(ctx context.Context, server netip.AddrPort, 
 }
 
 func (e *Endpoint) handleSTUN(b []byte) {
-	id, addr, err := client.ParseBindingResponse(b)
-	if id == ([12]byte{}) {
+	resp, err := client.ParseBindingResponse(b)
+	if resp.ID == ([12]byte{}) {
 		e.count(func(s *Stats) { s.DroppedMalformed++ })
 		return
 	}
 	e.mu.Lock()
-	ch := e.stunWait[id]
+	ch := e.stunWait[resp.ID]
 	e.mu.Unlock()
 	if ch == nil {
 		return
 	}
 	select {
-	case ch <- stunAns{addr: addr, err: err}:
+	case ch <- stunAns{resp: resp, err: err}:
 	default:
 	}
 }

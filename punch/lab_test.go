@@ -44,9 +44,15 @@ func punchable(a, b natlab.NAT) bool {
 type labPeer struct {
 	e     *Endpoint
 	cands []Candidate
+	nat   NATType // what DiscoverNAT found
 }
 
 func newLabPeer(t *testing.T, h *natlab.Host, stunAddr netip.AddrPort) labPeer {
+	t.Helper()
+	return newLabPeerConfig(t, h, stunAddr, DefaultConfig())
+}
+
+func newLabPeerConfig(t *testing.T, h *natlab.Host, stunAddr netip.AddrPort, cfg Config) labPeer {
 	t.Helper()
 	conn, err := h.ListenPacket(context.Background(), "udp4", "0.0.0.0:0")
 	if err != nil {
@@ -56,19 +62,19 @@ func newLabPeer(t *testing.T, h *natlab.Host, stunAddr netip.AddrPort) labPeer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := NewEndpoint(conn, id, DefaultConfig(), nil)
+	e, err := NewEndpoint(conn, id, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	srflx, err := e.ReflexiveAddress(ctx, stunAddr, "")
+	nat, err := e.DiscoverNAT(ctx, stunAddr, "")
 	if err != nil {
 		t.Fatalf("%s: STUN: %v", h, err)
 	}
 	host := netip.AddrPortFrom(h.Addr(), e.LocalAddr().Port())
-	return labPeer{e: e, cands: []Candidate{{Addr: host, Kind: Host}, {Addr: srflx, Kind: Reflexive}}}
+	return labPeer{e: e, cands: []Candidate{{Addr: host, Kind: Host}, {Addr: nat.Reflexive, Kind: Reflexive}}, nat: nat.Type}
 }
 
 type outcome struct {

@@ -50,7 +50,8 @@ func (k PathKind) rank() int {
 // route is one way to the peer: our UDP socket (via nil) or one of our TURN
 // allocations, to the peer's address (its real one, or its relayed address).
 type route struct {
-	via  *allocation
+	via  *allocation  // through a TURN allocation
+	sock *extraSocket // direct, from one of birthday probing's sockets
 	addr netip.AddrPort
 }
 
@@ -62,10 +63,13 @@ func (r route) kind() PathKind {
 }
 
 func (r route) local(e *Endpoint) netip.AddrPort {
-	if r.via == nil {
-		return e.LocalAddr()
+	switch {
+	case r.via != nil:
+		return r.via.relayed
+	case r.sock != nil:
+		return r.sock.local
 	}
-	return r.via.relayed
+	return e.LocalAddr()
 }
 
 // LadderConfig tunes path liveness and switching.
@@ -115,6 +119,7 @@ type pingRecord struct {
 type pathState struct {
 	route
 	verified     bool // a pong signed by the peer came back on it
+	wasActive    bool // the session has sent on it
 	lastEcho     time.Time
 	rtt          time.Duration
 	window       []pingRecord
@@ -234,8 +239,13 @@ func (a *attempt) evaluateLocked(e *Endpoint, now time.Time) {
 			a.switchLocked(e, best, why, now)
 			return
 		}
-		// Step up only to a strictly better rung that stayed healthy.
+		// Step up only to a strictly better rung that stayed healthy. A path
+		// the session never used (found late, e.g. by birthday probing) has no
+		// outage history to be wary of: two ping rounds of echoes will do.
 		wait := a.stepUpAfter(cfg)
+		if !best.wasActive {
+			wait = min(wait, 2*cfg.PingEvery)
+		}
 		if best.kind().rank() < a.active.kind().rank() && now.Sub(best.healthySince) >= wait {
 			a.switchLocked(e, best, fmt.Sprintf("%s healthy for %v", best.kind(), wait), now)
 		}
@@ -274,6 +284,7 @@ func (a *attempt) switchLocked(e *Endpoint, to *pathState, reason string, now ti
 		ev.From = &from
 	}
 	a.active, a.activeSince = to, ev.Time
+	to.wasActive = true
 	e.log.Debug("path switch", "peer", a.peer.Key.String(), "to", ev.Path.Kind, "remote", ev.Path.Remote.String(), "reason", reason)
 	select {
 	case a.pathEvents <- ev:

@@ -145,3 +145,13 @@ func (s *Stream) Abort() {
 	s.st.CancelWrite(1)
 	s.st.CancelRead(1)
 }
+
+// Probe is the session's birthday probing for a direct path through a
+// symmetric NAT (nil when the pair does not probe). Probing runs on after
+// Connect returned on the relay; the session moves to the direct path it
+// finds (a PathEvents switch).
+func (s *Session) Probe() *Probe {
+	s.a.mu.Lock()
+	defer s.a.mu.Unlock()
+	return s.a.probe
+}

@@ -49,11 +49,11 @@ func BindPeerToken(ctx context.Context, pc net.PacketConn, server net.Addr, toke
 				}
 				return netip.AddrPort{}, err
 			}
-			id, addr, err := ParseBindingResponse(buf[:n])
-			if id != req.ID {
+			resp, err := ParseBindingResponse(buf[:n])
+			if resp.ID != req.ID {
 				continue // not our answer (or not STUN at all)
 			}
-			return addr, err
+			return resp.Mapped, err
 		}
 		if ctx.Err() != nil {
 			return netip.AddrPort{}, ctx.Err()
@@ -87,23 +87,40 @@ func NewBindingRequest(token string) (BindingRequest, error) {
 	return BindingRequest{Raw: m.Raw, ID: m.TransactionID}, nil
 }
 
-// ParseBindingResponse reads a STUN Binding answer: its transaction id and
-// the reflexive address (XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS from an old
-// server). The id is zero when b is not a STUN message; an error response,
-// or an answer without an address, returns its id with an error.
-func ParseBindingResponse(b []byte) (id [12]byte, addr netip.AddrPort, err error) {
+// BindingResponse is a decoded STUN Binding answer.
+type BindingResponse struct {
+	ID [12]byte // transaction id
+	// Mapped is the reflexive address (XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS
+	// from an old server).
+	Mapped netip.AddrPort
+	// Other is the server's RFC 5780 OTHER-ADDRESS (alternate IP and port),
+	// when it has one: a second destination that shows whether the NAT maps
+	// per destination.
+	Other netip.AddrPort
+}
+
+// ParseBindingResponse reads a STUN Binding answer. The id is zero when b is
+// not a STUN message; an error response, or an answer without an address,
+// returns its id with an error.
+func ParseBindingResponse(b []byte) (resp BindingResponse, err error) {
 	if !stun.IsMessage(b) {
-		return id, addr, errors.New("signaling: not a STUN message")
+		return resp, errors.New("signaling: not a STUN message")
 	}
 	m := &stun.Message{Raw: append([]byte(nil), b...)}
 	if err := m.Decode(); err != nil {
-		return id, addr, fmt.Errorf("signaling: malformed STUN message: %w", err)
+		return resp, fmt.Errorf("signaling: malformed STUN message: %w", err)
 	}
-	id = m.TransactionID
+	resp.ID = m.TransactionID
 	if m.Type.Class == stun.ClassErrorResponse {
 		var code stun.ErrorCodeAttribute
 		code.GetFrom(m)
-		return id, addr, fmt.Errorf("signaling: STUN error %d %s", code.Code, code.Reason)
+		return resp, fmt.Errorf("signaling: STUN error %d %s", code.Code, code.Reason)
+	}
+	var other stun.OtherAddress
+	if other.GetFrom(m) == nil {
+		if ip, ok := netip.AddrFromSlice(other.IP); ok && other.Port > 0 && other.Port < 1<<16 {
+			resp.Other = netip.AddrPortFrom(ip.Unmap(), uint16(other.Port))
+		}
 	}
 	var ip net.IP
 	var port int
@@ -113,13 +130,14 @@ func ParseBindingResponse(b []byte) (id [12]byte, addr netip.AddrPort, err error
 	} else {
 		var mapped stun.MappedAddress
 		if merr := mapped.GetFrom(m); merr != nil {
-			return id, addr, fmt.Errorf("signaling: STUN answer without an address: %w", xerr)
+			return resp, fmt.Errorf("signaling: STUN answer without an address: %w", xerr)
 		}
 		ip, port = mapped.IP, mapped.Port
 	}
 	a, ok := netip.AddrFromSlice(ip)
 	if !ok {
-		return id, addr, errors.New("signaling: STUN answer with a bad address")
+		return resp, errors.New("signaling: STUN answer with a bad address")
 	}
-	return id, netip.AddrPortFrom(a.Unmap(), uint16(port)), nil
+	resp.Mapped = netip.AddrPortFrom(a.Unmap(), uint16(port))
+	return resp, nil
 }
