@@ -63,15 +63,15 @@ func DefaultBirthday() BirthdayConfig {
 func (c BirthdayConfig) validate() error {
 	switch {
 	case c.Probes < 0 || c.Probes > 65535:
-		return errors.New("birthday: probes must be 0 (off) to 65535")
+		return errors.New("birthday probing: probes must be 0 (off) to 65535")
 	case c.Probes == 0:
 		return nil
 	case c.Rate <= 0 || c.Rate > 1000:
-		return errors.New("birthday: rate must be in (0, 1000] probes/s")
+		return errors.New("birthday probing: probe-rate must be in (0, 1000] probes/s")
 	case c.Sockets < 1 || c.Sockets > 1024:
-		return errors.New("birthday: sockets must be 1 to 1024")
+		return errors.New("birthday probing: probe-sockets must be 1 to 1024")
 	case c.After < 0:
-		return errors.New("birthday: after must not be negative")
+		return errors.New("birthday probing: after must not be negative")
 	}
 	return nil
 }

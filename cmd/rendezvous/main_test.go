@@ -133,6 +133,16 @@ func (p *proc) waitEvent(t testing.TB, event string, timeout time.Duration) map[
 
 func (p *proc) waitLine(t testing.TB, what string, match func(map[string]any) bool, timeout time.Duration) map[string]any {
 	t.Helper()
+	l, err := p.findLine(match, timeout)
+	if err != nil {
+		t.Fatalf("%v before %s; output:\n%s", err, what, p.dump())
+	}
+	return l
+}
+
+// findLine is waitLine that reports instead of failing the test: nil and why
+// when the process exited or the timeout passed first.
+func (p *proc) findLine(match func(map[string]any) bool, timeout time.Duration) (map[string]any, error) {
 	deadline := time.After(timeout)
 	seen := 0
 	for {
@@ -141,7 +151,7 @@ func (p *proc) waitLine(t testing.TB, what string, match func(map[string]any) bo
 			if match(p.lines[seen]) {
 				l := p.lines[seen]
 				p.mu.Unlock()
-				return l
+				return l, nil
 			}
 		}
 		p.mu.Unlock()
@@ -155,9 +165,9 @@ func (p *proc) waitLine(t testing.TB, what string, match func(map[string]any) bo
 			if seen < n {
 				continue // lines arrived with the exit: look at them first
 			}
-			t.Fatalf("process exited (%v) before %s; output:\n%s", err, what, p.dump())
+			return nil, fmt.Errorf("process exited (%v)", err)
 		case <-deadline:
-			t.Fatalf("no %s within %v; output:\n%s", what, timeout, p.dump())
+			return nil, fmt.Errorf("nothing within %v", timeout)
 		}
 	}
 }

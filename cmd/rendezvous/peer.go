@@ -20,6 +20,7 @@ type peerFlags struct {
 	server, room, name, token, stun, socket, hostAddrs, relayCA string
 	create, asJSON, allIfaces, noRelay                          bool
 	timeout                                                     time.Duration
+	birthday                                                    punch.BirthdayConfig
 }
 
 // register adds the shared flags; socketFlag names the peer socket's flag
@@ -37,6 +38,11 @@ func (f *peerFlags) register(fl *pflag.FlagSet, socketFlag, socketDefault string
 	fl.BoolVar(&f.allIfaces, "all-interfaces", false, "also offer addresses of container/VM interfaces")
 	fl.StringVar(&f.relayCA, "relay-ca", "", "PEM file of the CA (or self-signed certificate) that signs the relay's TLS certificate, for turns: (default: the system's CAs)")
 	fl.BoolVar(&f.noRelay, "no-relay", false, "never relay: direct paths only")
+	def := punch.DefaultBirthday()
+	fl.IntVar(&f.birthday.Probes, "probes", def.Probes, "most probes sent to reach a peer behind a symmetric NAT directly (birthday probing; 0 turns it off: some networks treat it as a port scan)")
+	fl.Float64Var(&f.birthday.Rate, "probe-rate", def.Rate, "probes per second")
+	fl.IntVar(&f.birthday.Sockets, "probe-sockets", def.Sockets, "sockets opened when this side is the one behind the symmetric NAT")
+	f.birthday.After = def.After
 }
 
 // openEndpoint opens the peer socket with a fresh identity.
@@ -50,7 +56,9 @@ func (f *peerFlags) openEndpoint() (*punch.Endpoint, error) {
 		conn.Close()
 		return nil, err
 	}
-	ep, err := punch.NewEndpoint(conn, id, punch.DefaultConfig(), slog.New(slog.DiscardHandler))
+	cfg := punch.DefaultConfig()
+	cfg.Birthday = f.birthday
+	ep, err := punch.NewEndpoint(conn, id, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		conn.Close()
 		return nil, err
