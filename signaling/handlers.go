@@ -162,9 +162,16 @@ func (s *Server) attach(c *peerConn, id string) bool {
 	old := s.local[id]
 	s.local[id] = c
 	s.mu.Unlock()
+	deliver := c.enqueue
+	if s.rooms != nil {
+		deliver = func(frame []byte) {
+			s.rooms.noteFrame(frame)
+			c.enqueue(frame)
+		}
+	}
 	c.mu.Lock()
 	c.peerID = id
-	c.detach = s.store.Attach(id, c.enqueue)
+	c.detach = s.store.Attach(id, deliver)
 	c.mu.Unlock()
 	if old != nil && old != c {
 		old.failAsync(client.CodeResumeFailed, "resumed on another connection", "replaced")
@@ -218,7 +225,7 @@ func (s *Server) resume(ctx context.Context, c *peerConn, rid uint64, b *client.
 	var kept []string
 	for _, roomID := range p.Rooms {
 		already := false
-		r, err := s.store.UpdateRoom(ctx, roomID, func(r *Room) error {
+		r, err := s.updateRoom(ctx, roomID, func(r *Room) error {
 			if r.HasMember(p.ID) {
 				already = true
 				return nil
@@ -303,6 +310,7 @@ func (s *Server) handleCreateRoom(ctx context.Context, c *peerConn, id string, r
 	for range 8 {
 		r.Code = newJoinCode()
 		err = s.store.CreateRoom(ctx, r)
+		s.invalidateRoom(r.ID) // a room of that id this node remembers is gone
 		if !errors.Is(err, ErrCodeTaken) {
 			break
 		}
@@ -350,7 +358,7 @@ func (s *Server) handleJoin(ctx context.Context, c *peerConn, id string, rid uin
 	now := s.now()
 	already := false
 	capacity := r.Capacity
-	r, err = s.store.UpdateRoom(ctx, r.ID, func(r *Room) error {
+	r, err = s.updateRoom(ctx, r.ID, func(r *Room) error {
 		if r.HasMember(id) {
 			already = true
 			return nil
@@ -429,7 +437,7 @@ func (s *Server) handleLeave(ctx context.Context, c *peerConn, id string, rid ui
 func (s *Server) leaveRoom(ctx context.Context, id, roomID, reason string) *client.Error {
 	now := s.now()
 	var newHost string
-	r, err := s.store.UpdateRoom(ctx, roomID, func(r *Room) error {
+	r, err := s.updateRoom(ctx, roomID, func(r *Room) error {
 		i := slices.IndexFunc(r.Members, func(m Member) bool { return m.PeerID == id })
 		if i < 0 {
 			return errNotMember
@@ -472,7 +480,7 @@ func (s *Server) scheduleRoomExpiry(roomID string) {
 	grace := s.config().ResumeGrace
 	expire := func() {
 		s.roomTimers.Delete(roomID)
-		_, err := s.store.UpdateRoom(context.Background(), roomID, func(r *Room) error {
+		_, err := s.updateRoom(context.Background(), roomID, func(r *Room) error {
 			if len(r.Members) > 0 {
 				return errBadRequest
 			}
@@ -505,7 +513,7 @@ func (s *Server) handleUpdateRoom(ctx context.Context, c *peerConn, id string, r
 	if b.Name == nil && b.Public == nil && b.Capacity == nil && b.Metadata != nil {
 		reason = "metadata"
 	}
-	r, err := s.store.UpdateRoom(ctx, b.RoomID, func(r *Room) error {
+	r, err := s.updateRoom(ctx, b.RoomID, func(r *Room) error {
 		if !r.HasMember(id) {
 			return errNotMember
 		}
@@ -568,8 +576,7 @@ func (s *Server) sharedRoom(ctx context.Context, a *PeerRecord, b, roomID string
 		if roomID != "" && id != roomID {
 			continue
 		}
-		r, err := s.store.Room(ctx, id)
-		if err == nil && r.HasMember(a.ID) && r.HasMember(b) {
+		if r, ok, _ := s.room(ctx, id, a.ID, b); ok {
 			return r, true
 		}
 	}
@@ -580,13 +587,9 @@ func (s *Server) handleSignal(ctx context.Context, id string, rid uint64, b *cli
 	if len(b.Payload) > 0 && b.Payload[0] == 'n' && string(b.Payload) == "null" {
 		return errorf(client.CodeBadRequest, "signal: payload is required")
 	}
-	p, err := s.store.Peer(ctx, id)
-	if err != nil {
-		return storeErr(err, errorf(client.CodeInternal, "peer record missing"))
-	}
 	if b.To == "" {
-		r, err := s.store.Room(ctx, b.RoomID)
-		if err != nil || !r.HasMember(id) {
+		r, ok, err := s.room(ctx, b.RoomID, id)
+		if err != nil || !ok {
 			return storeErr(err, errorf(client.CodeNotInRoom, "not a member of room %q", b.RoomID))
 		}
 		frame := encodeSignal(id, "", r.ID, b.Payload)
@@ -594,9 +597,27 @@ func (s *Server) handleSignal(ctx context.Context, id string, rid uint64, b *cli
 		s.metrics.signals.Add(float64(n))
 		return nil
 	}
-	r, ok := s.sharedRoom(ctx, p, b.To, b.RoomID)
-	if !ok {
-		return errorf(client.CodePeerNotFound, "peer %q is not in a room with you", truncate(b.To, 40))
+	var r *Room
+	if b.RoomID != "" {
+		// The common case needs no read of the sender's record.
+		var ok bool
+		var err error
+		r, ok, err = s.room(ctx, b.RoomID, id, b.To)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return storeErr(err, errorf(client.CodeInternal, "signal: %v", err))
+		}
+		if !ok {
+			return errorf(client.CodePeerNotFound, "peer %q is not in a room with you", truncate(b.To, 40))
+		}
+	} else {
+		p, err := s.store.Peer(ctx, id)
+		if err != nil {
+			return storeErr(err, errorf(client.CodeInternal, "peer record missing"))
+		}
+		var ok bool
+		if r, ok = s.sharedRoom(ctx, p, b.To, ""); !ok {
+			return errorf(client.CodePeerNotFound, "peer %q is not in a room with you", truncate(b.To, 40))
+		}
 	}
 	frame := encodeSignal(id, b.To, r.ID, b.Payload)
 	if !s.deliver(ctx, b.To, frame) {
@@ -650,11 +671,12 @@ func (s *Server) handleConnect(ctx context.Context, c *peerConn, id string, rid 
 	}
 	// Collect the sessions first so the caller gets connect_ack before any punch.
 	type planned struct {
-		ss           *session
+		ss           *Session
 		infoA, infoB client.PeerInfo
 		start        int64
 	}
 	var plan []planned
+	var sessions []*Session
 	for _, pair := range pairs {
 		pa, errA := s.store.Peer(ctx, pair[0])
 		pb, errB := s.store.Peer(ctx, pair[1])
@@ -667,12 +689,20 @@ func (s *Server) handleConnect(ctx context.Context, c *peerConn, id string, rid 
 		infoA, infoB := s.withRTT(pa), s.withRTT(pb)
 		rttA := time.Duration(infoA.RTTMS * float64(time.Millisecond))
 		rttB := time.Duration(infoB.RTTMS * float64(time.Millisecond))
-		ss := s.addSession(pa.ID, pb.ID, natType(pa.NAT), natType(pb.NAT))
+		ss := &Session{ID: newID("s_"), A: pa.ID, B: pb.ID, NATA: natType(pa.NAT), NATB: natType(pb.NAT), Created: s.now()}
+		sessions = append(sessions, ss)
 		plan = append(plan, planned{ss, infoA, infoB, s.now().Add(punchLead(rttA, rttB)).UnixMilli()})
+	}
+	// Stored before anyone hears of them: a connect_result may come to
+	// another node (a shared SessionStore) as soon as the punch is out.
+	if len(sessions) > 0 {
+		if err := s.sessions.PutSessions(ctx, sessions); err != nil {
+			return storeErr(err, errorf(client.CodeInternal, "store sessions: %v", err))
+		}
 	}
 	ack := client.ConnectAck{Sessions: make([]string, 0, len(plan))}
 	for _, p := range plan {
-		ack.Sessions = append(ack.Sessions, p.ss.id)
+		ack.Sessions = append(ack.Sessions, p.ss.ID)
 	}
 	c.reply(rid, client.TypeConnectAck, ack)
 	cfg := s.config()
@@ -680,13 +710,13 @@ func (s *Server) handleConnect(ctx context.Context, c *peerConn, id string, rid 
 		now := s.now().UnixMilli()
 		punch := func(to string, peer client.PeerInfo, role string) {
 			s.deliver(ctx, to, encodeFrame(client.TypePunch, 0, client.Punch{
-				SessionID: p.ss.id, Peer: peer, Role: role, StartAt: p.start,
+				SessionID: p.ss.ID, Peer: peer, Role: role, StartAt: p.start,
 				IntervalMS: cfg.PunchInterval.Milliseconds(), Attempts: cfg.PunchAttempts,
 				ICEServers: s.iceServers(to), ServerTime: now,
 			}))
 		}
-		punch(p.ss.a, p.infoB, "initiator")
-		punch(p.ss.b, p.infoA, "responder")
+		punch(p.ss.A, p.infoB, "initiator")
+		punch(p.ss.B, p.infoA, "responder")
 		s.metrics.connectRequests.Inc()
 	}
 	return nil
@@ -700,20 +730,14 @@ func natType(n *client.NATReport) string {
 }
 
 func (s *Server) handleConnectResult(ctx context.Context, c *peerConn, id string, rid uint64, b *client.ConnectResult) *client.Error {
-	s.sessMu.Lock()
-	ss := s.sessions[b.SessionID]
-	if ss == nil || (ss.a != id && ss.b != id) {
-		s.sessMu.Unlock()
-		return errorf(client.CodeBadRequest, "unknown session %q", truncate(b.SessionID, 40))
+	ss, first, err := s.sessions.ReportSession(ctx, b.SessionID, id)
+	if err != nil {
+		return storeErr(err, errorf(client.CodeBadRequest, "unknown session %q", truncate(b.SessionID, 40)))
 	}
-	first := !ss.reported
-	ss.reported = true
-	natA, natB := ss.natA, ss.natB
-	s.sessMu.Unlock()
 	// The reporter's own view of NAT types wins over what it registered.
-	local, remote := natA, natB
-	if ss.b == id {
-		local, remote = natB, natA
+	local, remote := ss.NATA, ss.NATB
+	if ss.B == id {
+		local, remote = ss.NATB, ss.NATA
 	}
 	if slices.Contains(client.NATTypes, b.LocalNAT) {
 		local = b.LocalNAT

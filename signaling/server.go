@@ -45,6 +45,11 @@ type Options struct {
 	Store Store
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// RoomCacheTTL bounds how long a node trusts the room membership it
+	// cached to check signals when Store is shared (not the in-memory
+	// store): 0 means DefaultRoomCacheTTL, negative turns the cache off (every
+	// signal reads the room from the store).
+	RoomCacheTTL time.Duration
 }
 
 // TURNServers returns an Options.ICEServers that hands out the given STUN/TURN
@@ -92,8 +97,9 @@ type Server struct {
 	perIP map[netip.Addr]int
 	local map[string]*peerConn // registered peers on this node
 
-	sessMu   sync.Mutex
-	sessions map[string]*session
+	sessions SessionStore
+	// rooms caches membership for signals; nil with the in-memory store.
+	rooms *roomCache
 
 	roomTimers sync.Map // room id -> *time.Timer (empty-room expiry)
 
@@ -136,15 +142,14 @@ func New(cfg Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		log:      opts.Logger,
-		opts:     opts,
-		store:    opts.Store,
-		now:      opts.Now,
-		ready:    make(chan struct{}),
-		conns:    map[*peerConn]struct{}{},
-		perIP:    map[netip.Addr]int{},
-		local:    map[string]*peerConn{},
-		sessions: map[string]*session{},
+		log:   opts.Logger,
+		opts:  opts,
+		store: opts.Store,
+		now:   opts.Now,
+		ready: make(chan struct{}),
+		conns: map[*peerConn]struct{}{},
+		perIP: map[netip.Addr]int{},
+		local: map[string]*peerConn{},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -152,8 +157,22 @@ func New(cfg Config, opts Options) (*Server, error) {
 	if s.store == nil {
 		s.store = NewMemoryStore()
 	}
+	if ss, ok := s.store.(SessionStore); ok {
+		s.sessions = ss
+	} else {
+		s.sessions = newLocalSessions()
+	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	// The in-memory store is as fast as a cache; a shared one is a network
+	// round trip per read.
+	if _, mem := s.store.(*memStore); !mem && opts.RoomCacheTTL >= 0 {
+		ttl := opts.RoomCacheTTL
+		if ttl == 0 {
+			ttl = DefaultRoomCacheTTL
+		}
+		s.rooms = newRoomCache(ttl, s.now)
 	}
 	reg := opts.Registerer
 	if reg == nil {
@@ -279,13 +298,70 @@ func (s *Server) broadcastPeerUpdated(ctx context.Context, p *PeerRecord) {
 	}
 }
 
+// updateRoom is Store.UpdateRoom followed by dropping this node's cached
+// copy (see roomCache: after the write, so no read can bring back the old one).
+func (s *Server) updateRoom(ctx context.Context, id string, fn func(r *Room) error) (*Room, error) {
+	r, err := s.store.UpdateRoom(ctx, id, fn)
+	s.invalidateRoom(id)
+	return r, err
+}
+
+func (s *Server) invalidateRoom(id string) {
+	if s.rooms != nil {
+		s.rooms.invalidate(id)
+	}
+}
+
+// room returns room id, from this node's cache when it is fresh and lists
+// every one of want; otherwise from the store. ok tells whether all of want
+// are members of the room returned.
+func (s *Server) room(ctx context.Context, id string, want ...string) (r *Room, ok bool, err error) {
+	has := func(r *Room) bool {
+		for _, w := range want {
+			if !r.HasMember(w) {
+				return false
+			}
+		}
+		return true
+	}
+	var ticket uint64
+	if s.rooms != nil {
+		if r, ticket = s.rooms.get(id); r != nil && has(r) {
+			return r, true, nil
+		}
+	}
+	// Not cached, stale, or someone missing: the store decides.
+	r, err = s.store.Room(ctx, id)
+	if err != nil {
+		return nil, false, err
+	}
+	if s.rooms != nil {
+		s.rooms.put(r, ticket)
+	}
+	return r, has(r), nil
+}
+
 // deliver sends a frame to a peer wherever it is attached.
 func (s *Server) deliver(ctx context.Context, peerID string, frame []byte) bool {
 	return s.store.Deliver(ctx, peerID, frame) == nil
 }
 
-// broadcast sends frame to every member of r except skip.
+// broadcast sends frame to every member of r except skip: through
+// MultiDeliverer when the store has it (one message per node), else one
+// delivery per member.
 func (s *Server) broadcast(ctx context.Context, r *Room, skip string, frame []byte) int {
+	if md, ok := s.store.(MultiDeliverer); ok {
+		ids := make([]string, 0, len(r.Members))
+		for _, m := range r.Members {
+			if m.PeerID != skip {
+				ids = append(ids, m.PeerID)
+			}
+		}
+		if len(ids) == 0 {
+			return 0
+		}
+		return md.DeliverMany(ctx, ids, frame)
+	}
 	n := 0
 	for _, m := range r.Members {
 		if m.PeerID != skip && s.deliver(ctx, m.PeerID, frame) {
@@ -349,28 +425,6 @@ func newJoinCode() string {
 // normalizeJoinCode upper-cases what a human typed.
 func normalizeJoinCode(code string) string {
 	return strings.ToUpper(strings.TrimSpace(code))
-}
-
-type session struct {
-	id       string
-	a, b     string
-	natA     string
-	natB     string
-	created  time.Time
-	reported bool
-}
-
-func (s *Server) addSession(a, b string, natA, natB string) *session {
-	ss := &session{id: newID("s_"), a: a, b: b, natA: natA, natB: natB, created: s.now()}
-	s.sessMu.Lock()
-	s.sessions[ss.id] = ss
-	s.sessMu.Unlock()
-	time.AfterFunc(5*time.Minute, func() {
-		s.sessMu.Lock()
-		delete(s.sessions, ss.id)
-		s.sessMu.Unlock()
-	})
-	return ss
 }
 
 var errClosed = errors.New("connection closed")

@@ -26,7 +26,8 @@ const waitFor = 20 * time.Second
 // node is one rendezvous signaling node (in-process) with its own store.
 type node struct {
 	store *Store
-	reg   *prometheus.Registry
+	reg   *prometheus.Registry // the store's metrics
+	sreg  *prometheus.Registry // the signaling server's metrics
 	hs    *httptest.Server
 	stop  context.CancelFunc
 	done  chan error
@@ -45,20 +46,33 @@ func testConfig(urls []string, prefix string) Config {
 
 func startNode(t *testing.T, cfg Config) *node {
 	t.Helper()
+	return startNodeWith(t, cfg, nil)
+}
+
+// startNodeWith starts a node whose server sees wrap(store) (nil: the store).
+func startNodeWith(t *testing.T, cfg Config, wrap func(*Store) signaling.Store) *node {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	st, err := New(context.Background(), cfg, Options{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var store signaling.Store = st
+	if wrap != nil {
+		store = wrap(st)
+	}
 	scfg := signaling.DefaultConfig()
 	scfg.Open = signaling.OpenAll
-	srv, err := signaling.New(scfg, signaling.Options{Store: st, Registerer: prometheus.NewRegistry()})
+	// Tests send signals as fast as the round trip allows.
+	scfg.MsgRate, scfg.MsgBurst = 10000, 10000
+	sreg := prometheus.NewRegistry()
+	srv, err := signaling.New(scfg, signaling.Options{Store: store, Registerer: sreg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv.Handler())
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &node{store: st, reg: reg, hs: hs, stop: cancel, done: make(chan error, 1)}
+	n := &node{store: st, reg: reg, sreg: sreg, hs: hs, stop: cancel, done: make(chan error, 1)}
 	go func() { n.done <- srv.Run(ctx) }()
 	<-srv.Ready()
 	t.Cleanup(n.shutdown)

@@ -14,6 +14,8 @@
 //	  p.<id>             JSON PeerRecord + owning node       CAS on revision
 //	  n.<node>.<id>      index: peers held by node (empty)
 //	  node.<node>        registration of a node that may hold peers
+//	bucket rzv-sessions  (history 1, TTL = signaling.SessionTTL)
+//	  s.<id>             JSON punch session                   reported set by CAS
 //	bucket rzv-nodes  (history 1, TTL = presence-ttl)
 //	  alive.<node>       heartbeat, rewritten every presence-ttl/3
 //	  reap.<node>        lease of the node reaping a dead one
@@ -78,6 +80,7 @@ type Store struct {
 	nc           *nats.Conn
 	js           jetstream.JetStream
 	rooms, peers *bucket
+	sessions     *bucket // punch sessions, expiring (sessions.go)
 	nodes        jetstream.KeyValue
 	sub          *nats.Subscription
 
@@ -235,6 +238,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 		return nil, err
 	}
 	if s.peers, err = s.bucket(octx, "peers", replicas, 0, serial); err != nil {
+		return nil, err
+	}
+	if s.sessions, err = s.bucket(octx, "sessions", replicas, signaling.SessionTTL, serial); err != nil {
 		return nil, err
 	}
 	nodes, err := s.bucket(octx, "nodes", replicas, cfg.PresenceTTL, serial)
