@@ -345,8 +345,10 @@ func (a *Agent) punch(p client.Punch) {
 			case <-a.ctx.Done():
 				return
 			}
-			if r := probe.Result(); r.Probes > 0 {
-				a.emit(AgentEvent{Event: "probed", PeerID: p.Peer.ID, PeerName: p.Peer.Name, Probe: &r, TookMS: float64(r.Took) / float64(time.Millisecond)})
+			// Probes 0: plain punching found a direct path before probing began.
+			r := probe.Result()
+			a.emit(AgentEvent{Event: "probed", PeerID: p.Peer.ID, PeerName: p.Peer.Name, Probe: &r, TookMS: float64(r.Took) / float64(time.Millisecond)})
+			if r.Probes > 0 {
 				if r.Role == roleProber {
 					result.Probes = r.Probes
 				}

@@ -106,7 +106,7 @@ type ProbeResult struct {
 	Probes int  `json:"probes"`
 	Found  bool `json:"found"` // a probe was answered: there is a direct path
 	// Took is from the scheduled start to the answer, or to the end of probing.
-	Took time.Duration `json:"took"`
+	Took time.Duration `json:"-"` // in the probed event as took_ms
 }
 
 // Probe is hard-NAT probing for one session (Session.Probe).
