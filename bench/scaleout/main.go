@@ -4,7 +4,14 @@
 // across nodes and cross-node signal delivery rate. With -write it replaces
 // its section of docs/benchmarks.md.
 //
+// Two more node processes, without idle peers, form the baseline pair: the
+// same signal run between them compares against the nodes under test in the
+// same run. By default they are this binary with the room membership cache
+// off (one room read per signal); -baseline-commit builds this command as of
+// an earlier commit (git archive + go build) and runs that there instead.
+//
 //	go run ./bench/scaleout -peers 15000 -write   # open-file limit > peers
+//	go run ./bench/scaleout -peers 15000 -baseline-commit 5fd163c -write
 package main
 
 import (
@@ -20,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -49,16 +57,18 @@ func main() {
 	joins := flag.Int("joins", 300, "cross-node joins timed")
 	pairs := flag.Int("pairs", 60, "sender/receiver pairs for the delivery rate")
 	write := flag.Bool("write", false, "write docs/benchmarks.md")
+	roomCacheTTL := flag.Duration("room-cache-ttl", 0, "node: signaling Options.RoomCacheTTL (negative: off)")
+	baselineCommit := flag.String("baseline-commit", "", "run the baseline pair with this command as of that git commit (built from git archive); empty: this binary with the room cache off")
 	flag.Parse()
 	switch *role {
 	case "node":
-		runNode(strings.Split(*natsURLs, ","))
+		runNode(strings.Split(*natsURLs, ","), *roomCacheTTL)
 		return
 	case "load":
 		runLoad(strings.Split(*loadURLs, ","), *loadN)
 		return
 	}
-	drive(*nodes, *peers, *joins, *pairs, *write)
+	drive(*nodes, *peers, *joins, *pairs, *baselineCommit, *write)
 }
 
 // ---- node process ----
@@ -72,7 +82,7 @@ type nodeStats struct {
 }
 
 // runNode serves one rendezvous node; no urls means state: memory.
-func runNode(urls []string) {
+func runNode(urls []string, roomCacheTTL time.Duration) {
 	var store signaling.Store
 	var st *natsstore.Store
 	if len(urls) > 0 && urls[0] != "" {
@@ -94,7 +104,7 @@ func runNode(urls []string) {
 	scfg.MsgBurst = 100000
 	scfg.SendQueue = 4096
 	reg := prometheus.NewRegistry()
-	srv, err := signaling.New(scfg, signaling.Options{Store: store, Registerer: reg})
+	srv, err := signaling.New(scfg, signaling.Options{Store: store, Registerer: reg, RoomCacheTTL: roomCacheTTL})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -239,12 +249,16 @@ func (n *node) stats() nodeStats {
 	return s
 }
 
-func startNode(urls []string) *node {
+func startNode(urls []string, extra ...string) *node {
 	self, err := os.Executable()
 	if err != nil {
 		log.Fatal(err)
 	}
-	cmd := exec.Command(self, "-role", "node", "-nats", strings.Join(urls, ","))
+	return startNodeBin(self, urls, extra...)
+}
+
+func startNodeBin(bin string, urls []string, extra ...string) *node {
+	cmd := exec.Command(bin, append([]string{"-role", "node", "-nats", strings.Join(urls, ",")}, extra...)...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -285,7 +299,34 @@ func pct(d []time.Duration, q float64) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
-func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
+// buildAt builds bench/scaleout as of commit into dir and returns the binary.
+func buildAt(commit, dir string) string {
+	archive := exec.Command("git", "archive", commit)
+	untar := exec.Command("tar", "-x", "-C", dir)
+	var err error
+	if untar.Stdin, err = archive.StdoutPipe(); err != nil {
+		log.Fatal(err)
+	}
+	archive.Stderr, untar.Stderr = os.Stderr, os.Stderr
+	if err := untar.Start(); err != nil {
+		log.Fatal(err)
+	}
+	if err := archive.Run(); err != nil {
+		log.Fatalf("git archive %s: %v", commit, err)
+	}
+	if err := untar.Wait(); err != nil {
+		log.Fatal(err)
+	}
+	bin := filepath.Join(dir, "scaleout-"+commit)
+	build := exec.Command("go", "build", "-o", bin, "./bench/scaleout")
+	build.Dir, build.Stdout, build.Stderr = dir, os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		log.Fatalf("build bench/scaleout at %s: %v", commit, err)
+	}
+	return bin
+}
+
+func drive(nNodes, nPeers, nJoins, nPairs int, baselineCommit string, write bool) {
 	loadStart := loadavg()
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
@@ -300,6 +341,15 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	defer cluster.Kill()
 	if err != nil {
 		log.Fatal(err)
+	}
+	baseline := ""
+	if baselineCommit != "" {
+		src := filepath.Join(dir, "baseline-src")
+		if err := os.Mkdir(src, 0o755); err != nil {
+			log.Fatal(err)
+		}
+		log.Printf("building the baseline at %s", baselineCommit)
+		baseline = buildAt(baselineCommit, src)
 	}
 	natsRSS0 := uint64(0)
 	for _, s := range cluster.Servers {
@@ -425,6 +475,35 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	}
 	xs := signalRun(ctx, nPairs, func(i int) string { return nodes[i%nNodes].url() }, func(i int) string { return nodes[(i+1)%nNodes].url() }, pids, natsPIDs)
 
+	// The baseline pair, on the same NATS cluster.
+	var base2 []*node
+	baseName, baseDesc := "room cache off", "room cache off"
+	for i := range 2 {
+		urls := cluster.URLs()
+		j := i % len(urls)
+		urls[0], urls[j] = urls[j], urls[0]
+		if baseline != "" {
+			base2 = append(base2, startNodeBin(baseline, urls))
+		} else {
+			base2 = append(base2, startNode(urls, "-room-cache-ttl", "-1ns"))
+		}
+	}
+	if baseline != "" {
+		baseName, baseDesc = "commit "+baselineCommit, "code of commit "+baselineCommit
+	}
+	defer func() {
+		for _, n := range base2 {
+			n.cmd.Process.Signal(os.Interrupt)
+			n.cmd.Wait()
+		}
+	}()
+	basePIDs := []int{base2[0].cmd.Process.Pid, base2[1].cmd.Process.Pid}
+	log.Printf("the same between two %s nodes", baseName)
+	baseJoinLat := timeJoins(ctx, nJoins, func(int) string { return base2[0].url() }, func(int) string { return base2[1].url() })
+	bs := signalRun(ctx, nPairs, func(int) string { return base2[0].url() }, func(int) string { return base2[1].url() }, basePIDs, natsPIDs)
+	log.Printf("and again across the nodes under test")
+	xs2 := signalRun(ctx, nPairs, func(i int) string { return nodes[i%nNodes].url() }, func(i int) string { return nodes[(i+1)%nNodes].url() }, pids, natsPIDs)
+
 	mem := startNode(nil)
 	defer func() {
 		mem.cmd.Process.Signal(os.Interrupt)
@@ -438,7 +517,11 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	perPeer := func(b uint64) string { return fmt.Sprintf("%.1f KiB", float64(b)/float64(idle)/1024) }
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Scale-out: idle peers over several nodes sharing state in NATS\n\n")
-	fmt.Fprintf(&b, "Command: `go run ./bench/scaleout -peers %d -nodes %d -write` (from the repository root; needs nats-server; each node process holds\npeers/nodes sockets, so keep that under the open-file limit; about 3 minutes)\n\n", nPeers, nNodes)
+	cmdline := fmt.Sprintf("go run ./bench/scaleout -peers %d -nodes %d", nPeers, nNodes)
+	if baselineCommit != "" {
+		cmdline += " -baseline-commit " + baselineCommit
+	}
+	fmt.Fprintf(&b, "Command: `%s -write` (from the repository root; needs nats-server; each node process holds\npeers/nodes sockets, so keep that under the open-file limit; about 4 minutes)\n\n", cmdline)
 	fmt.Fprintf(&b, "A 3-server NATS JetStream cluster (nats-server %s, buckets with 3 replicas; serial writes, see docs/scale-out.md) and %d rendezvous\n", serverVersion(), nNodes)
 	fmt.Fprintf(&b, "node processes (package signaling + signaling/natsstore), all on loopback of one machine, with the idle peers (signaling/client) held by load\n")
 	fmt.Fprintf(&b, "processes of up to %d peers each. %s; load average at start %s, after registering %s.\n\n", peersPerLoader, benchdoc.Machine(), loadStart, loadIdle)
@@ -451,13 +534,18 @@ func drive(nNodes, nPeers, nJoins, nPairs int, write bool) {
 	fmt.Fprintf(&b, "| node CPU while idle (all nodes, %v) | %.1f %% of a core (%.2f µs/peer/s) |\n", idleFor, 100*idleCPU/idleFor.Seconds(), 1e6*idleCPU/idleFor.Seconds()/float64(idle))
 	fmt.Fprintf(&b, "| NATS CPU while idle (3 servers) | %.1f %% of a core |\n", 100*natsIdleCPU/idleFor.Seconds())
 	fmt.Fprintf(&b, "\nNATS CPU while idle includes the servers settling after the registration burst (their heartbeat traffic is a few messages per second).\n")
-	fmt.Fprintf(&b, "\nThe same requests with both peers on one node using `state: memory` (one more node process, same run):\n\n")
-	fmt.Fprintf(&b, "| | NATS, across nodes | memory, one node | ratio |\n|---|---|---|---|\n")
-	fmt.Fprintf(&b, "| join by code P50 (%d joins, one at a time) | %s | %s | %.1f |\n", nJoins, ms(pct(joinLat, 0.5)), ms(pct(memJoinLat, 0.5)), ratio(pct(joinLat, 0.5), pct(memJoinLat, 0.5)))
-	fmt.Fprintf(&b, "| join by code P99 | %s | %s | %.1f |\n", ms(pct(joinLat, 0.99)), ms(pct(memJoinLat, 0.99)), ratio(pct(joinLat, 0.99), pct(memJoinLat, 0.99)))
-	fmt.Fprintf(&b, "| signal deliveries/s (%d pairs, 8 in flight each, 10 s) | %.0f | %.0f | %.2f |\n", nPairs, xs.rate, ms1.rate, xs.rate/ms1.rate)
-	fmt.Fprintf(&b, "| signal latency P50 / P99 | %s / %s | %s / %s | |\n", ms(xs.p50), ms(xs.p99), ms(ms1.p50), ms(ms1.p99))
-	fmt.Fprintf(&b, "| CPU during the signal run: rendezvous / NATS | %.2f / %.2f cores | %.2f cores | |\n", xs.cpu, xs.natsCPU, ms1.cpu)
+	xsRate := (xs.rate + xs2.rate) / 2
+	fmt.Fprintf(&b, "\nThe same requests between the nodes under test (a peer on node i, the other on node i+1), between a pair of\n")
+	fmt.Fprintf(&b, "nodes with the %s on the same NATS cluster (two more node processes, no idle peers), and with both peers\n", baseDesc)
+	fmt.Fprintf(&b, "on one node using `state: memory` (one more node process), all in the same run. The nodes under test ran the\n")
+	fmt.Fprintf(&b, "signal run twice, before and after the baseline pair (%.0f and %.0f /s); the table has their mean. Across nodes the\n", xs.rate, xs2.rate)
+	fmt.Fprintf(&b, "work is spread over %d processes, on one memory node it is all in one, so \"÷ memory\" can exceed 1 on 2 cores.\n\n", nNodes)
+	fmt.Fprintf(&b, "| | NATS, across nodes | NATS, %s | memory, one node | across nodes ÷ %s | across nodes ÷ memory |\n|---|---|---|---|---|---|\n", baseName, baseName)
+	fmt.Fprintf(&b, "| join by code P50 (%d joins, one at a time) | %s | %s | %s | %.2f | %.1f |\n", nJoins, ms(pct(joinLat, 0.5)), ms(pct(baseJoinLat, 0.5)), ms(pct(memJoinLat, 0.5)), ratio(pct(joinLat, 0.5), pct(baseJoinLat, 0.5)), ratio(pct(joinLat, 0.5), pct(memJoinLat, 0.5)))
+	fmt.Fprintf(&b, "| join by code P99 | %s | %s | %s | %.2f | %.1f |\n", ms(pct(joinLat, 0.99)), ms(pct(baseJoinLat, 0.99)), ms(pct(memJoinLat, 0.99)), ratio(pct(joinLat, 0.99), pct(baseJoinLat, 0.99)), ratio(pct(joinLat, 0.99), pct(memJoinLat, 0.99)))
+	fmt.Fprintf(&b, "| signal deliveries/s (%d pairs, 8 in flight each, 10 s) | %.0f | %.0f | %.0f | %.2f | %.2f |\n", nPairs, xsRate, bs.rate, ms1.rate, xsRate/bs.rate, xsRate/ms1.rate)
+	fmt.Fprintf(&b, "| signal latency P50 / P99 | %s / %s | %s / %s | %s / %s | | |\n", ms(xs.p50), ms(xs.p99), ms(bs.p50), ms(bs.p99), ms(ms1.p50), ms(ms1.p99))
+	fmt.Fprintf(&b, "| CPU during the signal run: rendezvous / NATS | %.2f / %.2f cores | %.2f / %.2f cores | %.2f cores | | |\n", xs.cpu, xs.natsCPU, bs.cpu, bs.natsCPU, ms1.cpu)
 	fmt.Println(b.String())
 	if write {
 		if err := benchdoc.Update("scaleout", b.String()); err != nil {
