@@ -55,9 +55,10 @@ type BirthdayConfig struct {
 }
 
 // DefaultBirthday is 256 sockets, 100 probes/s, at most 2,000 probes (20 s),
-// after 500 ms of plain punching.
+// after 250 ms of plain punching (which answers within one round trip
+// between the peers when it can).
 func DefaultBirthday() BirthdayConfig {
-	return BirthdayConfig{Probes: 2000, Rate: 100, Sockets: 256, After: 500 * time.Millisecond}
+	return BirthdayConfig{Probes: 2000, Rate: 100, Sockets: 256, After: 250 * time.Millisecond}
 }
 
 func (c BirthdayConfig) validate() error {
@@ -262,7 +263,7 @@ func (e *Endpoint) runBirthday(a *attempt, p *Probe) {
 	cfg := e.cfg.Birthday
 	wait := cfg.After
 	if p.role == roleProber {
-		wait += 100 * time.Millisecond // the opener's mappings first
+		wait += 50 * time.Millisecond // the opener's mappings first
 	}
 	t := time.NewTimer(time.Until(p.start.Add(wait)))
 	defer t.Stop()
@@ -352,6 +353,7 @@ func (e *Endpoint) probePorts(a *attempt, p *Probe) {
 	for _, t := range targets {
 		tried[t.Port()] = true // plain punching pings those
 	}
+	began := time.Now()
 	sent := 0
 	for sent < cfg.Probes && len(tried) < 65535-1024 {
 		select {
@@ -366,19 +368,25 @@ func (e *Endpoint) probePorts(a *attempt, p *Probe) {
 		if a.hasDirect() {
 			return
 		}
-		port := uint16(1024 + rand.IntN(65536-1024))
-		for tried[port] {
-			port = uint16(1024 + rand.IntN(65536-1024))
-		}
-		tried[port] = true
-		for _, t := range targets {
-			e.ping(a, route{addr: netip.AddrPortFrom(t.Addr(), port)}, false)
-			sent++
+		// Send what is due by now: a busy machine skips ticks, and every
+		// probe missed is time to a direct path lost. At most maxBurst at once.
+		before := sent
+		due := min(int(time.Since(began).Seconds()*cfg.Rate)+1-sent, maxBurst, cfg.Probes-sent)
+		for ; due > 0 && len(tried) < 65535-1024; due -= len(targets) {
+			port := uint16(1024 + rand.IntN(65536-1024))
+			for tried[port] {
+				port = uint16(1024 + rand.IntN(65536-1024))
+			}
+			tried[port] = true
+			for _, t := range targets {
+				e.ping(a, route{addr: netip.AddrPortFrom(t.Addr(), port)}, false)
+				sent++
+			}
 		}
 		p.mu.Lock()
 		p.result.Probes = sent
 		p.mu.Unlock()
-		e.count(func(st *Stats) { st.BirthdayProbes += uint64(len(targets)) })
+		e.count(func(st *Stats) { st.BirthdayProbes += uint64(sent - before) })
 	}
 	// The last probes may still be answered.
 	late := time.NewTimer(time.Second)
@@ -390,6 +398,9 @@ func (e *Endpoint) probePorts(a *attempt, p *Probe) {
 	case <-e.ctx.Done():
 	}
 }
+
+// maxBurst bounds the probes a late tick sends at once.
+const maxBurst = 4
 
 // readExtra reads one of the opener's sockets until it is closed.
 func (e *Endpoint) readExtra(s *extraSocket) {

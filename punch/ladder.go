@@ -241,10 +241,11 @@ func (a *attempt) evaluateLocked(e *Endpoint, now time.Time) {
 		}
 		// Step up only to a strictly better rung that stayed healthy. A path
 		// the session never used (found late, e.g. by birthday probing) has no
-		// outage history to be wary of: two ping rounds of echoes will do.
+		// outage history to be wary of: it is taken at its first echo (should
+		// it fail at once, it has been active and the damping applies).
 		wait := a.stepUpAfter(cfg)
 		if !best.wasActive {
-			wait = min(wait, 2*cfg.PingEvery)
+			wait = 0
 		}
 		if best.kind().rank() < a.active.kind().rank() && now.Sub(best.healthySince) >= wait {
 			a.switchLocked(e, best, fmt.Sprintf("%s healthy for %v", best.kind(), wait), now)

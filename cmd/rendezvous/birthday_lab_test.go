@@ -47,7 +47,7 @@ func runBirthdayPair(t *testing.T, server string, a, b *natlab.Host, prober int,
 	} else if pe, err := pa.findLine(isDirectPath, within); err == nil {
 		run.direct, run.took = true, eventTime(t, pe).Sub(start)
 	} else {
-		run.detail = fmt.Sprintf("still relayed: %v", err)
+		run.detail = fmt.Sprintf("still relayed: %v\ncreator:\n%sjoiner:\n%s", err, pa.dump(), pb.dump())
 	}
 	if run.direct {
 		// The prober reports its probes once the answer arrived.
