@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -302,5 +303,42 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Which pairs probe, and in which role: exactly one endpoint-dependent side
+// against an endpoint-independent one. Unknown, open and two hard sides punch
+// plainly (two hard sides would both have to guess).
+func TestBirthdayRoles(t *testing.T) {
+	hard := []NATType{NATAddressDependent, NATAddressPortDependent}
+	for _, h := range hard {
+		if got := birthdayRole(NATEndpointIndependent, h); got != roleProber {
+			t.Errorf("easy × %s: role %q, want prober", h, got)
+		}
+		if got := birthdayRole(h, NATEndpointIndependent); got != roleOpener {
+			t.Errorf("%s × easy: role %q, want opener", h, got)
+		}
+		for _, other := range append([]NATType{NATUnknown, NATOpen, ""}, hard...) {
+			if got := birthdayRole(h, other); got != "" {
+				t.Errorf("%s × %q: role %q, want plain punching", h, other, got)
+			}
+			if got := birthdayRole(other, h); got != "" {
+				t.Errorf("%q × %s: role %q, want plain punching", other, h, got)
+			}
+		}
+	}
+	if got := birthdayRole(NATEndpointIndependent, NATEndpointIndependent); got != "" {
+		t.Errorf("easy × easy: role %q", got)
+	}
+	cfg := DefaultConfig()
+	cfg.Birthday.Probes = 0
+	cfg.Birthday.Rate = 0 // ignored when off
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("probing off: %v", err)
+	}
+	cfg.Birthday = DefaultBirthday()
+	cfg.Birthday.Sockets = 5000
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "probe-sockets") {
+		t.Errorf("5000 sockets: %v, want an error naming probe-sockets", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -10,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/benchdoc"
 	"github.com/rendezvous-p2p/rendezvous/internal/natlab"
@@ -152,6 +156,35 @@ func TestConnectBirthdayProbing(t *testing.T) {
 			t.Errorf("%s: direct within %v in %d of %d runs (%.0f%%), want at least 90%%", dir.name, within, ok, len(results), 100*rate)
 		}
 	}
+	// The server exports the outcomes by NAT-type pair, with the probes used.
+	hc := &http.Client{Transport: &http.Transport{DialContext: lab.Server().Dial}, Timeout: 5 * time.Second}
+	resp, err := hc.Get(server + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("/metrics: %v", err)
+	}
+	const pair = "address-port-dependent+endpoint-independent"
+	seen := map[string]float64{}
+	for _, name := range []string{"rendezvous_signaling_connect_outcomes_total", "rendezvous_signaling_connect_probes"} {
+		for _, m := range families[name].GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["nat_pair"] == pair && labels["outcome"] == "direct" {
+				seen[name] += m.GetCounter().GetValue() + float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	if seen["rendezvous_signaling_connect_outcomes_total"] == 0 || seen["rendezvous_signaling_connect_probes"] == 0 {
+		t.Errorf("server metrics for %s: %v, want direct outcomes and probe counts", pair, seen)
+	}
+	t.Logf("server metrics for %s (direct): %v", pair, seen)
 	t.Logf("birthday probing through kernel NATs (default budget: 256 sockets, 100 probes/s, at most 2,000):\n%s", table.String())
 	writeDocSection(t, "birthday", fmt.Sprintf(`## Hard NAT: birthday probing through a symmetric NAT
 
