@@ -171,7 +171,11 @@ func (s *Server) attach(c *peerConn, id string) bool {
 	}
 	c.mu.Lock()
 	c.peerID = id
-	c.detach = s.store.Attach(id, deliver)
+	if rn, ok := s.store.(ReplaceNotifier); ok {
+		c.detach = rn.AttachReplaceable(id, deliver, func() { s.replacedElsewhere(c, id) })
+	} else {
+		c.detach = s.store.Attach(id, deliver)
+	}
 	c.mu.Unlock()
 	if old != nil && old != c {
 		old.failAsync(client.CodeResumeFailed, "resumed on another connection", "replaced")
@@ -179,6 +183,29 @@ func (s *Server) attach(c *peerConn, id string) bool {
 		s.metrics.peers.Inc()
 	}
 	return true
+}
+
+// replacedElsewhere closes c, whose peer resumed on another node: like a
+// resume on this node, the old connection goes without the peer going
+// offline.
+func (s *Server) replacedElsewhere(c *peerConn, id string) {
+	s.mu.Lock()
+	owner := s.local[id] == c
+	if owner {
+		delete(s.local, id)
+	}
+	s.mu.Unlock()
+	if !owner {
+		return
+	}
+	s.metrics.peers.Dec()
+	c.mu.Lock()
+	detach := c.detach
+	c.mu.Unlock()
+	if detach != nil {
+		detach()
+	}
+	c.failAsync(client.CodeResumeFailed, "resumed on another connection", "replaced")
 }
 
 func (s *Server) resume(ctx context.Context, c *peerConn, rid uint64, b *client.Register) *client.Error {

@@ -16,6 +16,16 @@ type MultiDeliverer interface {
 	DeliverMany(ctx context.Context, peerIDs []string, frame []byte) int
 }
 
+// ReplaceNotifier is implemented by a Store in which a peer attached on
+// this node can attach on another one (it resumed there) while its old
+// connection here still lingers, as after a network change. It is Attach
+// plus replaced, called once from its own goroutine when that happens; the
+// server then closes the old connection as replaced without taking the peer
+// offline, as it does when a peer resumes on the same node.
+type ReplaceNotifier interface {
+	AttachReplaceable(peerID string, deliver func(frame []byte), replaced func()) (detach func())
+}
+
 // ErrUnavailable is wrapped by Store errors that mean the shared state could
 // not be reached (the NATS store returns it while NATS is down); handlers
 // can tell peers so instead of "not found".

@@ -11,25 +11,37 @@ import (
 	"github.com/rendezvous-p2p/rendezvous/signaling"
 )
 
-// Headers of a delivery message on <prefix>.node.<node>.
+// Headers of a delivery message on <prefix>.node.<node>, and of an evict.
 const (
-	hdrTo  = "Rzv-To"  // comma-separated peer ids
-	hdrHop = "Rzv-Hop" // set on a message forwarded once after the peer moved
+	hdrTo         = "Rzv-To"       // comma-separated peer ids
+	hdrHop        = "Rzv-Hop"      // set on a message forwarded once after the peer moved
+	hdrAttachedTo = "Rzv-Attached" // evict: the peer attached to this node
 )
+
+var _ signaling.ReplaceNotifier = (*Store)(nil)
 
 // Attach makes this node the receiver of frames for peerID. When the peer's
 // record names another node (it resumed here after its node went away or its
 // connection moved), the record and the node index are moved to this node
 // first, so other nodes route to it from now on.
 func (s *Store) Attach(peerID string, deliver func(frame []byte)) (detach func()) {
-	k := &sink{deliver: deliver}
+	return s.AttachReplaceable(peerID, deliver, nil)
+}
+
+// AttachReplaceable is Attach; replaced (if not nil) is called when the
+// peer attaches on another node while still attached here
+// (signaling.ReplaceNotifier).
+func (s *Store) AttachReplaceable(peerID string, deliver func(frame []byte), replaced func()) (detach func()) {
+	k := &sink{deliver: deliver, replaced: replaced}
 	s.sinkMu.Lock()
 	s.sinks[peerID] = k
 	s.sinkMu.Unlock()
 	if _, fresh := s.fresh.LoadAndDelete(peerID); !fresh {
 		s.claim(peerID)
 	}
-	s.evict(peerID)
+	// After the claim: a node that hears of this attach finds the record
+	// naming this node.
+	s.evict(peerID, true)
 	return func() {
 		s.sinkMu.Lock()
 		gone := s.sinks[peerID] == k
@@ -38,7 +50,7 @@ func (s *Store) Attach(peerID string, deliver func(frame []byte)) (detach func()
 		}
 		s.sinkMu.Unlock()
 		if gone {
-			s.evict(peerID)
+			s.evict(peerID, false)
 		}
 	}
 }
@@ -78,9 +90,15 @@ func (s *Store) cacheNode(id, node string) {
 	s.locations[id] = location{node, time.Now()}
 }
 
-func (s *Store) evict(id string) {
+// evict announces that id attached to this node (attached) or detached
+// from it.
+func (s *Store) evict(id string, attached bool) {
 	s.dropLocation(id)
-	s.nc.Publish(s.cfg.Prefix+evictSubject, []byte(id))
+	m := &nats.Msg{Subject: s.cfg.Prefix + evictSubject, Data: []byte(id)}
+	if attached {
+		m.Header = nats.Header{hdrAttachedTo: []string{s.node}}
+	}
+	s.nc.PublishMsg(m)
 }
 
 func (s *Store) dropLocation(id string) {
@@ -89,7 +107,31 @@ func (s *Store) dropLocation(id string) {
 	s.locMu.Unlock()
 }
 
-func (s *Store) onEvict(m *nats.Msg) { s.dropLocation(string(m.Data)) }
+// onEvict forgets where a peer is. When the peer attached to another node
+// while its sink here wants to know (AttachReplaceable), the record is read
+// off this goroutine and, if it names the other node, replaced is called.
+func (s *Store) onEvict(m *nats.Msg) {
+	id := string(m.Data)
+	s.dropLocation(id)
+	node := m.Header.Get(hdrAttachedTo)
+	if node == "" || node == s.node {
+		return
+	}
+	k := s.localSink(id)
+	if k == nil || k.replaced == nil || !k.notified.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		ctx, cancel := s.op(context.Background())
+		v, err := s.getPeer(ctx, id)
+		cancel()
+		if err == nil && v.Node != s.node && s.localSink(id) == k {
+			k.replaced()
+			return
+		}
+		k.notified.Store(false)
+	}()
+}
 
 // locate returns the node holding a remote peer, or ErrNotFound when it is
 // offline, here without a connection, or unknown.

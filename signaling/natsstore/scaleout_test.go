@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -151,10 +152,14 @@ func TestRoomEventsOncePerNode(t *testing.T) {
 // TestSessionsAcrossNodes: a punch scheduled on one node is reported on
 // another; only the first report of a session counts its outcome, every
 // report with probes is observed, and a session is only its two peers'.
+// Three NATS servers: the replicated bucket is where compare-and-set needs
+// care (see bucket), and the two reports race on different servers.
 func TestSessionsAcrossNodes(t *testing.T) {
-	cluster := natstest.StartCluster(t, 1)
-	cfg := testConfig(cluster.URLs(), "sess")
-	a, b := startNode(t, cfg), startNode(t, cfg)
+	cluster := natstest.StartCluster(t, 3)
+	urls := cluster.URLs()
+	a := startNode(t, testConfig(urls, "sess"))
+	urls[0], urls[1] = urls[1], urls[0]
+	b := startNode(t, testConfig(urls, "sess"))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	alice, carol, dave := dial(t, a, "alice", "a2V5"), dial(t, b, "carol", "a2V5"), dial(t, b, "dave", "a2V5")
@@ -166,6 +171,13 @@ func TestSessionsAcrossNodes(t *testing.T) {
 		if _, err := c.Join(ctx, client.Join{Code: room.Room.Code}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The NAT types registered on each node label the metrics on both.
+	if err := alice.UpdatePeer(ctx, client.UpdatePeer{NAT: &client.NATReport{Type: "endpoint-independent"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := carol.UpdatePeer(ctx, client.UpdatePeer{NAT: &client.NATReport{Type: "address-port-dependent"}}); err != nil {
+		t.Fatal(err)
 	}
 	const connects = 8
 	for i := range connects {
@@ -197,7 +209,7 @@ func TestSessionsAcrossNodes(t *testing.T) {
 	if err := carol.ReportResult(ctx, client.ConnectResult{SessionID: "s_aaaaaaaaaaaaaaaa", Outcome: "failed"}); clientErrCode(err) != client.CodeBadRequest {
 		t.Fatalf("made-up session: %v", err)
 	}
-	direct := map[string]string{"outcome": "direct"}
+	direct := map[string]string{"outcome": "direct", "nat_pair": "address-port-dependent+endpoint-independent"}
 	if n := sumMetric(t, "rendezvous_signaling_connect_outcomes_total", direct, a.sreg, b.sreg); n != connects {
 		t.Fatalf("connect outcomes counted %v times over both nodes; want %d (first report only)", n, connects)
 	}
@@ -418,4 +430,94 @@ func TestSignalMembershipCache(t *testing.T) {
 		t.Fatalf("signal to a peer that just joined elsewhere: %v", err)
 	}
 	waitEvent(t, carol, client.TypeSignal, func(s client.Signal) bool { return s.From == alice.PeerID() })
+}
+
+// TestResumeOnAnotherNodeReplacesOldConnection: a peer resumes on node b
+// while its old connection to node a still lingers (a network change). Node
+// a closes the old connection as replaced — as one node does — and does not
+// take the peer offline or out of its rooms when it goes.
+func TestResumeOnAnotherNodeReplacesOldConnection(t *testing.T) {
+	cluster := natstest.StartCluster(t, 1)
+	cfg := testConfig(cluster.URLs(), "moved")
+	a, b := startNode(t, cfg), startNode(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	old := dial(t, a, "alice", "a2V5")
+	bob := dial(t, b, "bob", "a2V5")
+	room, err := old.CreateRoom(ctx, client.CreateRoom{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Join(ctx, client.Join{Code: room.Room.Code}); err != nil {
+		t.Fatal(err)
+	}
+	// The Go client resumes only after a lost connection: speak the protocol
+	// for the new one.
+	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(b.hs.URL, "http")+client.PathWS, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	frames := make(chan client.Envelope, 64)
+	write := func(typ string, rid uint64, body any) {
+		t.Helper()
+		data, _ := json.Marshal(body)
+		frame, _ := json.Marshal(client.Envelope{Type: typ, RID: rid, Data: data})
+		if err := ws.Write(ctx, websocket.MessageText, frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(client.TypeRegister, 1, client.Register{Protocol: client.ProtocolVersion, Name: "alice", PublicKey: "a2V5", ResumeToken: old.Registered().ResumeToken})
+	go func() {
+		defer close(frames)
+		for {
+			_, b, err := ws.Read(ctx)
+			if err != nil {
+				return
+			}
+			var env client.Envelope
+			if json.Unmarshal(b, &env) == nil {
+				frames <- env
+			}
+		}
+	}()
+	next := func(typ string) client.Envelope {
+		t.Helper()
+		for {
+			select {
+			case env, ok := <-frames:
+				if !ok {
+					t.Fatalf("resumed connection closed while waiting for %s", typ)
+				}
+				if env.Type == typ {
+					return env
+				}
+			case <-time.After(waitFor):
+				t.Fatalf("no %s on the resumed connection", typ)
+			}
+		}
+	}
+	var reg client.Registered
+	json.Unmarshal(next(client.TypeRegistered).Data, &reg)
+	if !reg.Resumed || reg.PeerID != old.PeerID() || len(reg.Rooms) != 1 {
+		t.Fatalf("resume on node b: %+v", reg)
+	}
+	if gone := waitEvent[client.ErrorBody](t, old, client.EventDisconnected, nil); gone.Code != client.CodeResumeFailed {
+		t.Fatalf("old connection ended with %+v, want %s", gone, client.CodeResumeFailed)
+	}
+	waitUntil(t, "node a drops the old connection", func() bool {
+		return sumMetric(t, "rendezvous_signaling_connections", nil, a.sreg) == 0
+	})
+	if err := bob.Signal(ctx, reg.PeerID, room.Room.ID, "still here?"); err != nil {
+		t.Fatalf("signal to alice after her old connection went: %v", err)
+	}
+	next(client.TypeSignal)
+	r, err := b.store.Room(ctx, room.Room.ID)
+	if err != nil || !r.HasMember(reg.PeerID) {
+		t.Fatalf("room after the old connection went: %+v %v", r, err)
+	}
+	p, err := b.store.Peer(ctx, reg.PeerID)
+	if err != nil || !p.Online {
+		t.Fatalf("alice's record after the old connection went: %+v %v", p, err)
+	}
 }

@@ -21,7 +21,8 @@
 //	  reap.<node>        lease of the node reaping a dead one
 //	  sweep.<n>          lease of the node sweeping in interval n
 //	subject rzv.node.<node>   frames for peers on node; header Rzv-To: id,id,...
-//	subject rzv.evict         peer id that attached or detached somewhere
+//	subject rzv.evict         peer id that attached or detached somewhere;
+//	                          header Rzv-Attached: node it attached to
 //
 // "CAS on revision" is per key, except on replicated buckets before
 // nats-server 2.10, where it is stream-wide (see bucket).
@@ -110,7 +111,11 @@ type Store struct {
 	closeOnce    sync.Once
 }
 
-type sink struct{ deliver func([]byte) }
+type sink struct {
+	deliver  func([]byte)
+	replaced func() // nil: not asked for
+	notified atomic.Bool
+}
 
 // roomValue is what the rooms bucket holds for room.<id>.
 type roomValue struct {
