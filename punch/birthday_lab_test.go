@@ -35,21 +35,7 @@ func connectBoth(t *testing.T, a, b labPeer, session [8]byte, window time.Durati
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), window)
 	defer cancel()
-	start := time.Now().Add(30 * time.Millisecond)
-	type res struct {
-		s   *Session
-		err error
-	}
-	ra, rb := make(chan res, 1), make(chan res, 1)
-	go func() {
-		s, err := a.e.Connect(ctx, Peer{Key: b.e.PublicKey(), Session: session, Candidates: b.cands, Start: start, NAT: b.nat})
-		ra <- res{s, err}
-	}()
-	go func() {
-		s, err := b.e.Connect(ctx, Peer{Key: a.e.PublicKey(), Session: session, Candidates: a.cands, Start: start, NAT: a.nat})
-		rb <- res{s, err}
-	}()
-	x, y := <-ra, <-rb
+	x, y := connectPeers(ctx, a, b, session, time.Now().Add(30*time.Millisecond))
 	for _, s := range []*Session{x.s, y.s} {
 		if s != nil {
 			t.Cleanup(func() { s.Close() })
