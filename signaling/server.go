@@ -8,8 +8,13 @@
 // only while the queue is non-empty, and heartbeats are runtime timers, so an
 // idle peer parks nothing but its reader.
 //
-// Shared state (rooms, join codes, presence, delivery) sits behind Store so a
-// later NATS-backed implementation lets several nodes share rooms.
+// Shared state (rooms, join codes, presence, delivery) sits behind Store;
+// signaling/natsstore shares it between nodes through NATS. Such a store
+// also implements MultiDeliverer (room events travel once per node),
+// SessionStore (a punch session can be reported on any node) and
+// ReplaceNotifier (a resume on another node closes the old connection), and
+// the server then checks signals against a per-node copy of room
+// membership (roomCache) instead of reading the room for each.
 package signaling
 
 import (
