@@ -315,7 +315,7 @@ func TestSignalMembershipCache(t *testing.T) {
 	if err := alice.Signal(ctx, bob.PeerID(), roomID, "warm-up"); err != nil {
 		t.Fatal(err)
 	}
-	before := counted.reads.Load()
+	before, started := counted.reads.Load(), time.Now()
 	const burst = 100
 	for i := range burst {
 		if err := alice.Signal(ctx, bob.PeerID(), roomID, fmt.Sprintf("burst-%d", i)); err != nil {
@@ -323,8 +323,10 @@ func TestSignalMembershipCache(t *testing.T) {
 		}
 	}
 	waitSignal(fmt.Sprintf("burst-%d", burst-1))
-	if reads := counted.reads.Load() - before; reads > 2 {
-		t.Fatalf("%d signals cost %d store reads; the membership cache should answer them", burst, reads)
+	// One read to fill the copy, one more each time it expires.
+	allowed := 2 + int64(time.Since(started)/signaling.DefaultRoomCacheTTL)
+	if reads := counted.reads.Load() - before; reads > allowed {
+		t.Fatalf("%d signals cost %d store reads (allowed %d); the membership cache should answer them", burst, reads, allowed)
 	}
 
 	// The race: xavier keeps signalling bob from the same node (so his reads
