@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/pion/stun/v4"
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
@@ -26,10 +25,10 @@ func isRequest(b []byte) bool       { return b[0]&0x01 == 0 && b[1]&0x10 == 0 }
 func isErrorResponse(b []byte) bool { return b[0]&0x01 != 0 && b[1]&0x10 != 0 }
 
 // turnPacketConn is a client-facing UDP socket as pion sees it. Reading, it
-// answers Binding requests itself (stunserver: classic clients, RFC 5780,
+// relays ChannelData of known allocations itself (fastpath.go), answers
+// Binding requests itself (stunserver: classic clients, RFC 5780,
 // PEER-TOKEN) and picks the credential key for rotated REST secrets; writing,
-// it puts reason phrases on pion's unauthenticated error responses. ChannelData
-// (first byte 0x40..0x7F) passes through after one comparison.
+// it puts reason phrases on pion's unauthenticated error responses.
 type turnPacketConn struct {
 	net.PacketConn
 	s     *Server
@@ -39,50 +38,11 @@ type turnPacketConn struct {
 func newTurnPacketConn(c net.PacketConn, s *Server) *turnPacketConn {
 	tc := &turnPacketConn{PacketConn: c, s: s}
 	if uc, ok := c.(*net.UDPConn); ok {
-		tc.batch = newBatchReader(uc)
+		if br, err := newBatchReader(uc, s); err == nil {
+			tc.batch = br
+		}
 	}
 	return tc
-}
-
-// batchReader reads up to batchSize datagrams per recvmmsg(2) and hands them
-// out one at a time: under load the kernel queue holds several, and one
-// system call instead of several is most of the cost of a relayed packet.
-// Only pion's read loop for this socket calls it, so it needs no lock.
-type batchReader struct {
-	pc      *ipv4.PacketConn // recvmmsg is family-agnostic; this also reads IPv6 sockets
-	msgs    []ipv4.Message
-	n, next int
-}
-
-const batchSize = 16
-
-func newBatchReader(c *net.UDPConn) *batchReader {
-	br := &batchReader{pc: ipv4.NewPacketConn(c), msgs: make([]ipv4.Message, batchSize)}
-	for i := range br.msgs {
-		br.msgs[i].Buffers = [][]byte{make([]byte, inboundMTU)}
-	}
-	return br
-}
-
-// inboundMTU matches pion's read buffer: a datagram this long or longer is truncated.
-const inboundMTU = 1600
-
-func (br *batchReader) readFrom(b []byte) (int, net.Addr, error) {
-	for {
-		if br.next >= br.n {
-			n, err := br.pc.ReadBatch(br.msgs, 0)
-			if err != nil {
-				return 0, nil, err
-			}
-			br.n, br.next = n, 0
-		}
-		m := &br.msgs[br.next]
-		br.next++
-		if m.N >= inboundMTU || m.Flags&unix.MSG_TRUNC != 0 {
-			continue
-		}
-		return copy(b, m.Buffers[0][:m.N]), m.Addr, nil
-	}
 }
 
 func (c *turnPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
@@ -312,55 +272,158 @@ func (c *turnConn) Close() error {
 // sent, what TURN permissions cannot (they carry no port): a peer at the
 // server's own address is reachable only at a live relay port. It applies the
 // bandwidth cap and counts bytes. No per-packet allocation on the common path.
+//
+// On the host network the socket is a raw descriptor read by a relayPoller
+// (fastpath.go) and pion's reads see only datagrams without a channel; on
+// another Network (a test namespace) it is that Network's PacketConn, read by
+// pion.
 type relayConn struct {
-	net.PacketConn
+	pc net.PacketConn // the socket on another Network; nil on the fast path
+
+	fd     int // the socket on the fast path
+	v6     bool
+	local  *net.UDPAddr
+	poller *relayPoller
+	slot   uint32
+	fdMu   sync.RWMutex // sends hold it shared; Close exclusively, so no send hits a reused descriptor
+	closed bool
+	slow   chan slowPacket // datagrams for pion's ReadFrom (no channel: Data indications)
+	done   chan struct{}
+
 	s         *Server
 	userID    string
 	public    netip.AddrPort // advertised relay address
 	started   time.Time
 	limiter   atomic.Pointer[rate.Limiter]
 	client    atomic.Pointer[netip.AddrPort]
-	bytesOut  atomic.Uint64 // to peer
-	bytesIn   atomic.Uint64 // from peer
+	udpClient atomic.Pointer[netip.AddrPort] // client, when it talks UDP (the fast path's ChannelData goes there)
+	channels  atomic.Pointer[channelTable]   // pion's channel bindings, mirrored from its events
+	bytesOut  atomic.Uint64                  // to peer
+	bytesIn   atomic.Uint64                  // from peer
 	closeOnce sync.Once
-	timer     *time.Timer // max-allocation-duration
+	timer     atomic.Pointer[time.Timer] // max-allocation-duration
 }
 
+var noChannels = &channelTable{}
+
+func (c *relayConn) chans() channelTable { return *c.channels.Load() }
+
+// setChannel adds or removes (peer invalid) a channel binding in the mirror.
+func (c *relayConn) setChannel(number uint16, peer netip.AddrPort) {
+	c.s.mu.Lock() // serialises writers; readers load the pointer
+	defer c.s.mu.Unlock()
+	old := c.chans()
+	t := make(channelTable, 0, len(old)+1)
+	for _, e := range old {
+		if e.number != number {
+			t = append(t, e)
+		}
+	}
+	if peer.IsValid() {
+		t = append(t, chanEntry{number: number, peer: peer})
+	}
+	c.channels.Store(&t)
+}
+
+func (c *relayConn) LocalAddr() net.Addr {
+	if c.pc != nil {
+		return c.pc.LocalAddr()
+	}
+	return c.local
+}
+
+func (c *relayConn) SetDeadline(t time.Time) error {
+	if c.pc != nil {
+		return c.pc.SetDeadline(t)
+	}
+	return nil
+}
+
+func (c *relayConn) SetReadDeadline(t time.Time) error {
+	if c.pc != nil {
+		return c.pc.SetReadDeadline(t)
+	}
+	return nil
+}
+
+func (c *relayConn) SetWriteDeadline(t time.Time) error {
+	if c.pc != nil {
+		return c.pc.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+// WriteTo is pion's send to a peer (Send indications, and ChannelData the
+// fast path did not take).
 func (c *relayConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	ua, ok := addr.(*net.UDPAddr)
 	if !ok {
 		return 0, errors.New("relay: peer address is not UDP")
 	}
 	ip, _ := netip.AddrFromSlice(ua.IP)
-	ip = ip.Unmap()
-	dst := addr
-	if own := c.s.own.Load(); own.isOwn(ip) {
-		if !c.s.ports.live(ip.Is4(), uint16(ua.Port)) {
-			c.s.metrics.droppedOwnAddress.Inc()
-			c.s.log.Debug("relay: dropped data to the server's own address outside live relay ports",
-				"user", c.userID, "peer", ua.String())
-			return len(b), nil
-		}
-		if bind, ok := own.bindFor(ip); ok {
-			dst = &net.UDPAddr{IP: bind.AsSlice(), Port: ua.Port} // 1:1 NAT: do not hairpin through it
-		}
-	}
-	if l := c.limiter.Load(); l != nil && !l.AllowN(time.Now(), len(b)) {
-		c.s.metrics.droppedBandwidth.Inc()
-		return len(b), nil
-	}
-	n, err := c.PacketConn.WriteTo(b, dst)
-	if n > 0 {
-		c.bytesOut.Add(uint64(n))
+	n, err := c.writeToPeer(b, netip.AddrPortFrom(ip.Unmap(), uint16(ua.Port)))
+	if n > 0 && err == nil {
 		c.s.metrics.bytesToPeer.Add(float64(n))
 		c.s.metrics.packetsToPeer.Inc()
 	}
 	return n, err
 }
 
+// writeToPeer sends b to peer after the own-address check and the bandwidth
+// cap; the caller counts packets and bytes in the metrics.
+func (c *relayConn) writeToPeer(b []byte, peer netip.AddrPort) (int, error) {
+	dst := peer
+	ip := peer.Addr()
+	if own := c.s.own.Load(); own.isOwn(ip) {
+		if !c.s.ports.live(ip.Is4(), peer.Port()) {
+			c.s.metrics.droppedOwnAddress.Inc()
+			c.s.log.Debug("relay: dropped data to the server's own address outside live relay ports",
+				"user", c.userID, "peer", peer.String())
+			return 0, nil
+		}
+		if bind, ok := own.bindFor(ip); ok {
+			dst = netip.AddrPortFrom(bind, peer.Port()) // 1:1 NAT: do not hairpin through it
+		}
+	}
+	if l := c.limiter.Load(); l != nil && !l.AllowN(time.Now(), len(b)) {
+		c.s.metrics.droppedBandwidth.Inc()
+		return 0, nil
+	}
+	var err error
+	if c.pc != nil {
+		_, err = c.pc.WriteTo(b, net.UDPAddrFromAddrPort(dst))
+	} else {
+		c.fdMu.RLock()
+		if c.closed {
+			err = net.ErrClosed
+		} else {
+			err = sendTo(c.fd, b, dst, c.v6)
+		}
+		c.fdMu.RUnlock()
+	}
+	if err != nil {
+		return 0, err
+	}
+	c.bytesOut.Add(uint64(len(b)))
+	return len(b), nil
+}
+
+// ReadFrom is pion's read of the relay socket. On the fast path it returns
+// only datagrams from peers without a channel (pion makes Data indications of
+// them, if a permission allows).
 func (c *relayConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	if c.pc == nil {
+		select {
+		case p := <-c.slow:
+			n := copy(b, (*p.buf)[:p.n])
+			slowBufs.Put(p.buf)
+			return n, p.from, nil
+		case <-c.done:
+			return 0, nil, net.ErrClosed
+		}
+	}
 	for {
-		n, addr, err := c.PacketConn.ReadFrom(b)
+		n, addr, err := c.pc.ReadFrom(b)
 		if err != nil {
 			return n, addr, err
 		}
@@ -382,8 +445,20 @@ func (c *relayConn) ReadFrom(b []byte) (int, net.Addr, error) {
 }
 
 func (c *relayConn) Close() error {
-	err := c.PacketConn.Close()
-	c.closeOnce.Do(func() { c.s.allocationEnded(c) })
+	var err error
+	c.closeOnce.Do(func() {
+		if c.pc != nil {
+			err = c.pc.Close()
+		} else {
+			c.poller.remove(c)
+			c.fdMu.Lock()
+			c.closed = true
+			err = unix.Close(c.fd)
+			c.fdMu.Unlock()
+			close(c.done)
+		}
+		c.s.allocationEnded(c)
+	})
 	return err
 }
 
@@ -457,6 +532,15 @@ func (o *ownAddrs) bindFor(ip netip.Addr) (netip.Addr, bool) {
 		return o.bind6, true
 	}
 	return netip.Addr{}, false
+}
+
+// publicOf is a peer address as clients know it: a relay socket of ours at
+// its public address.
+func (o *ownAddrs) publicOf(ap netip.AddrPort) netip.AddrPort {
+	if pub, ok := o.publicFor(ap.Addr()); ok {
+		return netip.AddrPortFrom(pub, ap.Port())
+	}
+	return ap
 }
 
 // publicFor maps a local relay bind IP back to its public IP.

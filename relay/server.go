@@ -71,17 +71,20 @@ type Server struct {
 	portMin, portMax int
 	sockBuf          int
 
-	creds   atomic.Pointer[credentials]
-	certs   atomic.Pointer[certs.Source] // TURN/TLS certificate, when configured
-	filter  atomic.Pointer[peerFilter]
-	limits  atomic.Pointer[limits]
-	own     atomic.Pointer[ownAddrs]
-	keys    keyChoice
-	lastKey lastKeys
-	fails   failLimiter
-	ports   portSet // live UDP relay ports
-	tcpPort portSet // live TCP relay ports
-	stun    *stunserver.Server
+	creds      atomic.Pointer[credentials]
+	certs      atomic.Pointer[certs.Source] // TURN/TLS certificate, when configured
+	filter     atomic.Pointer[peerFilter]
+	limits     atomic.Pointer[limits]
+	own        atomic.Pointer[ownAddrs]
+	keys       keyChoice
+	lastKey    lastKeys
+	fails      failLimiter
+	ports      portSet // live UDP relay ports
+	clients    clientRelays
+	pollers    []*relayPoller // fast path for relay sockets on the host network; none on another Network
+	nextPoller atomic.Uint32
+	tcpPort    portSet // live TCP relay ports
+	stun       *stunserver.Server
 
 	mu          sync.Mutex
 	cfgMu       sync.Mutex // serialises Reload
@@ -300,6 +303,26 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	closers = append(closers, func() { stopSTUN(); <-stunDone })
 
+	if s.hostNetwork() {
+		for _, c := range udpConns {
+			fd, ok := listenerFd(c)
+			if !ok {
+				continue
+			}
+			domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+			if err != nil {
+				continue
+			}
+			p, err := newRelayPoller(s, fd, domain == unix.AF_INET6)
+			if err != nil {
+				return fmt.Errorf("relay: %w", err)
+			}
+			s.pollers = append(s.pollers, p)
+			go p.run()
+			closers = append(closers, p.stop)
+		}
+	}
+
 	gen := &relayAllocator{s: s}
 	sc := turn.ServerConfig{
 		Realm:              s.cfg.Realm,
@@ -345,6 +368,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		relays = append(relays, r)
 	}
 	s.mu.Unlock()
+	for _, p := range s.pollers { // before pion closes the listening sockets they send through
+		p.stop()
+	}
 	_ = ts.Close()
 	for _, c := range conns {
 		c.Close()
@@ -356,6 +382,15 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	<-stunDone
 	s.relayWG.Wait()
 	return nil
+}
+
+// hostNetwork: sockets are the host's, so relay sockets can be raw descriptors.
+func (s *Server) hostNetwork() bool {
+	if s.opts.Network == nil {
+		return true
+	}
+	_, ok := s.opts.Network.(netx.Host)
+	return ok
 }
 
 // listenUDP opens ReadSockets SO_REUSEPORT sockets on Listen with large buffers.
@@ -634,6 +669,12 @@ func (s *Server) eventHandler() turn.EventHandler {
 			s.perIP[client.Addr().Unmap()]++
 			if rc := s.relays[netx.AddrPortOf(relayAddr)]; rc != nil {
 				rc.client.Store(&client)
+				// A TCP/TLS client's ChannelData travels its stream, through pion
+				// (pion labels those allocations "UDP" too, so look at the address).
+				if _, udp := src.(*net.UDPAddr); udp {
+					rc.udpClient.Store(&client)
+					s.clients.put(client, rc)
+				}
 			} else {
 				s.tcpClients[netx.AddrPortOf(relayAddr)] = client
 			}
@@ -642,9 +683,26 @@ func (s *Server) eventHandler() turn.EventHandler {
 		},
 		OnPermissionCreated: func(_, _ net.Addr, _, _, _ string, _ net.Addr, _ net.IP) { s.metrics.permissions.Inc() },
 		OnPermissionDeleted: func(_, _ net.Addr, _, _, _ string, _ net.Addr, _ net.IP) { s.metrics.permissions.Dec() },
-		OnChannelCreated:    func(_, _ net.Addr, _, _, _ string, _, _ net.Addr, _ uint16) { s.metrics.channels.Inc() },
-		OnChannelDeleted:    func(_, _ net.Addr, _, _, _ string, _, _ net.Addr, _ uint16) { s.metrics.channels.Dec() },
+		OnChannelCreated: func(_, _ net.Addr, _, _, _ string, relayAddr, peer net.Addr, number uint16) {
+			s.metrics.channels.Inc()
+			if rc := s.relayConn(relayAddr); rc != nil {
+				p := netx.AddrPortOf(peer)
+				rc.setChannel(number, netip.AddrPortFrom(p.Addr().Unmap(), p.Port()))
+			}
+		},
+		OnChannelDeleted: func(_, _ net.Addr, _, _, _ string, relayAddr, _ net.Addr, number uint16) {
+			s.metrics.channels.Dec()
+			if rc := s.relayConn(relayAddr); rc != nil {
+				rc.setChannel(number, netip.AddrPort{})
+			}
+		},
 	}
+}
+
+func (s *Server) relayConn(relayAddr net.Addr) *relayConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.relays[netx.AddrPortOf(relayAddr)]
 }
 
 // reserve counts a new allocation against the quotas, strictly (the quota
@@ -684,14 +742,17 @@ func (s *Server) release(userID string, client *netip.AddrPort) {
 }
 
 func (s *Server) allocationEnded(c *relayConn) {
-	if c.timer != nil {
-		c.timer.Stop()
+	if t := c.timer.Load(); t != nil {
+		t.Stop()
 	}
 	s.mu.Lock()
 	delete(s.relays, c.public)
 	s.mu.Unlock()
 	s.ports.set(c.public.Addr().Is4(), c.public.Port(), false)
 	client := c.client.Load()
+	if client != nil {
+		s.clients.remove(*client, c)
+	}
 	s.release(c.userID, client)
 	life := time.Since(c.started)
 	out, in := c.bytesOut.Load(), c.bytesIn.Load()
@@ -804,22 +865,46 @@ func (g *relayAllocator) AllocatePacketConn(conf turn.AllocateListenerConfig) (n
 	if err := s.reserve(conf.UserID); err != nil {
 		return nil, nil, err
 	}
-	var conn net.PacketConn
-	err = g.pickPorts(conf.RequestedPort, func(port int) error {
-		c, err := netx.Or(s.opts.Network).ListenPacket(context.Background(), conf.Network,
-			netip.AddrPortFrom(bind, uint16(port)).String())
+	rc := &relayConn{s: s, userID: conf.UserID, started: time.Now()}
+	rc.channels.Store(noChannels)
+	var port uint16
+	if len(s.pollers) > 0 {
+		err = g.pickPorts(conf.RequestedPort, func(p int) error {
+			fd, err := openRelaySocket(netip.AddrPortFrom(bind, uint16(p)), min(s.sockBuf, relaySocketBuffer))
+			if err == nil {
+				rc.fd, port = fd, uint16(p)
+			}
+			return err
+		})
 		if err == nil {
-			conn = c
+			rc.v6 = bind.Is6() && !bind.Is4In6()
+			rc.local = net.UDPAddrFromAddrPort(netip.AddrPortFrom(bind, port))
+			rc.slow = make(chan slowPacket, 64)
+			rc.done = make(chan struct{})
+			rc.poller = s.pollers[int(s.nextPoller.Add(1))%len(s.pollers)]
+			if err = rc.poller.add(rc); err != nil {
+				unix.Close(rc.fd)
+			}
 		}
-		return err
-	})
+	} else {
+		err = g.pickPorts(conf.RequestedPort, func(p int) error {
+			c, err := netx.Or(s.opts.Network).ListenPacket(context.Background(), conf.Network,
+				netip.AddrPortFrom(bind, uint16(p)).String())
+			if err == nil {
+				rc.pc = c
+			}
+			return err
+		})
+		if err == nil {
+			setConnBuffers(rc.pc, min(s.sockBuf, relaySocketBuffer))
+			port = netx.AddrPortOf(rc.pc.LocalAddr()).Port()
+		}
+	}
 	if err != nil {
 		s.release(conf.UserID, nil)
 		return nil, nil, err
 	}
-	setConnBuffers(conn, min(s.sockBuf, relaySocketBuffer))
-	port := netx.AddrPortOf(conn.LocalAddr()).Port()
-	rc := &relayConn{PacketConn: conn, s: s, userID: conf.UserID, public: netip.AddrPortFrom(public, port), started: time.Now()}
+	rc.public = netip.AddrPortFrom(public, port)
 	l := s.limits.Load()
 	rc.setLimit(l.bandwidth)
 	s.relayWG.Add(1)
@@ -828,7 +913,7 @@ func (g *relayAllocator) AllocatePacketConn(conf turn.AllocateListenerConfig) (n
 	s.mu.Unlock()
 	s.ports.set(bind.Is4(), port, true)
 	if l.maxDuration > 0 {
-		rc.timer = time.AfterFunc(l.maxDuration, func() { rc.Close() })
+		rc.timer.Store(time.AfterFunc(l.maxDuration, func() { rc.Close() }))
 	}
 	s.metrics.allocations.Inc()
 	s.metrics.allocationsCreated.Inc()

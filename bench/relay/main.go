@@ -36,6 +36,7 @@ func main() {
 	flag.Int64Var(&cfg.BandwidthLimit, "bandwidth-limit", cfg.BandwidthLimit, "bytes/s per allocation (0 = unlimited)")
 	debug := flag.Bool("debug", false, "debug logs")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile here")
+	memProfile := flag.String("memprofile", "", "write an allocation profile here on exit")
 	flag.Parse()
 	cfg.TLSListen = ""
 	if name, pw, ok := strings.Cut(*user, ":"); ok {
@@ -79,5 +80,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
+	}
+	if *memProfile != "" {
+		f, err := os.Create(*memProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		_ = pprof.Lookup("allocs").WriteTo(f, 0)
+		f.Close()
 	}
 }

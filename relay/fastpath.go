@@ -1,0 +1,591 @@
+package relay
+
+// The UDP data path, without a goroutine or a system call per packet where
+// the kernel allows it.
+//
+// pion/turn reads every allocation's relay socket on a goroutine of its own
+// and handles every ChannelData on the listening socket's goroutine; under
+// load most of a relayed packet's cost was that machinery (a goroutine woken
+// per packet, a recvfrom that finds the socket empty after each one, an
+// allocation or two per packet), not the copying. So for allocations on the
+// host network rendezvous moves the channel traffic out of pion:
+//
+//	client ─ChannelData─► turnPacketConn ──sendto──► relay socket ─► peer
+//	                      (recvmmsg; channel table mirrored from pion's events)
+//	peer ─► relay socket ─► relayPoller ──sendmmsg──► listening socket ─ChannelData─► client
+//	                        (one epoll loop per listening socket, level-triggered,
+//	                         one datagram per ready socket per round)
+//
+// Everything that is not channel data (STUN, Send and Data indications,
+// datagrams from peers without a channel) still goes through pion, so
+// authentication, permissions and the allocation state stay pion's. The
+// channel table is a copy kept by pion's OnChannelCreated/OnChannelDeleted
+// events, so it holds exactly the bindings pion holds; like pion, channel data
+// needs a channel, not a permission. Relay sockets here are plain
+// non-blocking file descriptors, never registered with Go's netpoller.
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// chanEntry is one channel binding: number and peer (as the client knows it).
+type chanEntry struct {
+	number uint16
+	peer   netip.AddrPort
+}
+
+// channelTable is an allocation's channel bindings, replaced whole on change
+// (bindings change rarely; lookups are per packet and lock-free).
+type channelTable []chanEntry
+
+func (t channelTable) byNumber(n uint16) (netip.AddrPort, bool) {
+	for i := range t {
+		if t[i].number == n {
+			return t[i].peer, true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+func (t channelTable) byPeer(p netip.AddrPort) (uint16, bool) {
+	for i := range t {
+		if t[i].peer == p {
+			return t[i].number, true
+		}
+	}
+	return 0, false
+}
+
+// isChannelData: first byte 0x40..0x7F (RFC 8656 §12).
+func isChannelData(b []byte) bool { return len(b) >= 4 && b[0]&0xC0 == 0x40 }
+
+// rawSockaddr is room for an IPv4 or IPv6 socket address.
+type rawSockaddr struct {
+	unix.RawSockaddrInet6
+}
+
+func (r *rawSockaddr) ptr() unsafe.Pointer { return unsafe.Pointer(&r.RawSockaddrInet6) }
+
+// set writes ap as an AF_INET (v4 socket) or AF_INET6 address and returns its length.
+func (r *rawSockaddr) set(ap netip.AddrPort, v6 bool) uint32 {
+	port := ap.Port()
+	if !v6 {
+		sa := (*unix.RawSockaddrInet4)(r.ptr())
+		*sa = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ap.Addr().Unmap().As4()}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
+		return unix.SizeofSockaddrInet4
+	}
+	r.RawSockaddrInet6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&r.Port))[:], port)
+	return unix.SizeofSockaddrInet6
+}
+
+func (r *rawSockaddr) addrPort() (netip.AddrPort, bool) {
+	switch r.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(r.ptr())
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), true
+	case unix.AF_INET6:
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&r.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom16(r.Addr).Unmap(), port), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// openRelaySocket opens a non-blocking UDP socket bound to ap, outside Go's netpoller.
+func openRelaySocket(ap netip.AddrPort, bufSize int) (int, error) {
+	family, v6 := unix.AF_INET, false
+	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		family, v6 = unix.AF_INET6, true
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return -1, err
+	}
+	if v6 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	if bufSize > 0 {
+		setBuffer(fd, unix.SO_RCVBUF, unix.SO_RCVBUFFORCE, bufSize)
+		setBuffer(fd, unix.SO_SNDBUF, unix.SO_SNDBUFFORCE, bufSize)
+	}
+	var sa unix.Sockaddr
+	if v6 {
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	} else {
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// sendTo sends one datagram on a non-blocking socket; no allocation.
+func sendTo(fd int, b []byte, to netip.AddrPort, v6 bool) error {
+	var sa rawSockaddr
+	l := sa.set(to, v6)
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(p), uintptr(len(b)), 0, uintptr(sa.ptr()), uintptr(l))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// recvFrom reads one datagram from a non-blocking socket; no allocation.
+func recvFrom(fd int, b []byte, sa *rawSockaddr) (int, error) {
+	l := uint32(unsafe.Sizeof(*sa))
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		unix.MSG_TRUNC, uintptr(sa.ptr()), uintptr(unsafe.Pointer(&l)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// mmsghdr is struct mmsghdr (linux/socket.h).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+	_   [4]byte
+}
+
+// mmsgBatch is a set of datagrams with addresses for recvmmsg/sendmmsg.
+type mmsgBatch struct {
+	msgs  []mmsghdr
+	iovs  []unix.Iovec
+	addrs []rawSockaddr
+	bufs  [][]byte
+}
+
+func newMmsgBatch(n, bufSize int) *mmsgBatch {
+	b := &mmsgBatch{msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n), addrs: make([]rawSockaddr, n), bufs: make([][]byte, n)}
+	for i := range n {
+		b.bufs[i] = make([]byte, bufSize)
+		b.iovs[i].Base = &b.bufs[i][0]
+		b.iovs[i].SetLen(bufSize)
+		b.msgs[i].hdr.Iov = &b.iovs[i]
+		b.msgs[i].hdr.SetIovlen(1)
+		b.msgs[i].hdr.Name = (*byte)(b.addrs[i].ptr())
+	}
+	return b
+}
+
+// prepareRecv resets the first n entries to receive.
+func (b *mmsgBatch) prepareRecv(n int) {
+	for i := range n {
+		b.iovs[i].SetLen(len(b.bufs[i]))
+		b.msgs[i].hdr.Namelen = uint32(unsafe.Sizeof(b.addrs[i]))
+		b.msgs[i].hdr.Flags = 0
+		b.msgs[i].len = 0
+	}
+}
+
+// recvmmsg fills the batch from fd; EAGAIN when empty.
+func (b *mmsgBatch) recvmmsg(fd uintptr) (int, syscall.Errno) {
+	b.prepareRecv(len(b.msgs))
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.msgs)),
+		unix.MSG_DONTWAIT, 0, 0)
+	return int(n), e
+}
+
+// sendmmsg sends the first n entries (each with iov length and name set) on
+// fd; datagrams the socket will not take now are dropped, as a full UDP
+// socket would.
+func (b *mmsgBatch) sendmmsg(fd int, n int) (sent int) {
+	for sent < n {
+		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[sent])), uintptr(n-sent), 0, 0, 0)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			// The first datagram of the rest failed (EAGAIN, or this
+			// destination refused it): skip it and go on with the others.
+			sent++
+			continue
+		}
+		sent += int(r)
+	}
+	return sent
+}
+
+// relayPoller reads relay sockets with one epoll loop and sends their
+// datagrams to clients as ChannelData in sendmmsg batches through a
+// listening socket.
+type relayPoller struct {
+	s      *Server
+	epfd   int
+	wakeFd int // eventfd: stop
+	sendFd int // a listening socket (all share address and port)
+	v6     bool
+
+	mu    sync.Mutex // held while a round's events are handled; Close takes it to unregister
+	slots []*relayConn
+	free  []uint32
+
+	out  *mmsgBatch
+	done chan struct{}
+}
+
+const (
+	pollBatch   = 64
+	wakeSlot    = ^uint32(0)
+	channelHdr  = 4
+	maxDatagram = inboundMTU
+)
+
+func newRelayPoller(s *Server, sendFd int, v6 bool) (*relayPoller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1} // wakeSlot
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wfd)
+		return nil, err
+	}
+	return &relayPoller{s: s, epfd: epfd, wakeFd: wfd, sendFd: sendFd, v6: v6,
+		out: newMmsgBatch(pollBatch, channelHdr+maxDatagram+3), done: make(chan struct{})}, nil
+}
+
+// add registers a relay socket.
+func (p *relayPoller) add(rc *relayConn) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var slot uint32
+	if n := len(p.free); n > 0 {
+		slot = p.free[n-1]
+		p.free = p.free[:n-1]
+	} else {
+		slot = uint32(len(p.slots))
+		p.slots = append(p.slots, nil)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(slot)}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, rc.fd, &ev); err != nil {
+		p.free = append(p.free, slot)
+		return err
+	}
+	p.slots[slot] = rc
+	rc.slot = slot
+	return nil
+}
+
+// remove unregisters a relay socket; once it returns the loop no longer
+// touches it.
+func (p *relayPoller) remove(rc *relayConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.slots[rc.slot] != rc {
+		return
+	}
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, rc.fd, nil)
+	p.slots[rc.slot] = nil
+	p.free = append(p.free, rc.slot)
+}
+
+// stop ends the loop and waits for it; the listening socket may be closed after.
+func (p *relayPoller) stop() {
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, _ = unix.Write(p.wakeFd, one[:])
+	<-p.done
+	unix.Close(p.epfd)
+	unix.Close(p.wakeFd)
+}
+
+func (p *relayPoller) run() {
+	defer close(p.done)
+	events := make([]unix.EpollEvent, pollBatch)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			p.s.log.Error("relay: epoll_wait failed; relay sockets are no longer read", "error", err)
+			return
+		}
+		if !p.round(events[:n]) {
+			return
+		}
+	}
+}
+
+// fromPeer accumulates one round's counters (one atomic add per round, not per packet).
+type fromPeer struct{ packets, bytes, dropped uint64 }
+
+// round handles one epoll_wait's worth of ready sockets: one datagram each.
+func (p *relayPoller) round(events []unix.EpollEvent) bool {
+	var st fromPeer
+	out := 0
+	p.mu.Lock()
+	for i := range events {
+		slot := uint32(events[i].Fd)
+		if slot == wakeSlot {
+			p.mu.Unlock()
+			return false
+		}
+		if int(slot) >= len(p.slots) {
+			continue
+		}
+		rc := p.slots[slot]
+		if rc == nil {
+			continue
+		}
+		buf := p.out.bufs[out]
+		var sa rawSockaddr
+		n, err := recvFrom(rc.fd, buf[channelHdr:channelHdr+maxDatagram], &sa)
+		if err != nil || n >= maxDatagram {
+			continue // EAGAIN (raced), an ICMP error, or a truncated datagram
+		}
+		from, ok := sa.addrPort()
+		if !ok {
+			continue
+		}
+		if l := rc.limiter.Load(); l != nil && !l.AllowN(time.Now(), n) {
+			st.dropped++
+			continue
+		}
+		from = rc.s.own.Load().publicOf(from)
+		rc.bytesIn.Add(uint64(n))
+		st.packets++
+		st.bytes += uint64(n)
+		client := rc.udpClient.Load()
+		number, ok := rc.chans().byPeer(from)
+		if !ok || client == nil {
+			rc.toPion(buf[channelHdr:channelHdr+n], from)
+			continue
+		}
+		binary.BigEndian.PutUint16(buf[0:2], number)
+		binary.BigEndian.PutUint16(buf[2:4], uint16(n))
+		size := channelHdr + n
+		for size%4 != 0 { // pad like pion (RFC 8656 §12.5)
+			buf[size] = 0
+			size++
+		}
+		p.out.iovs[out].SetLen(size)
+		p.out.msgs[out].hdr.Namelen = p.out.addrs[out].set(*client, p.v6)
+		out++
+		if out == len(p.out.msgs) {
+			p.out.sendmmsg(p.sendFd, out)
+			out = 0
+		}
+	}
+	p.mu.Unlock()
+	if out > 0 {
+		p.out.sendmmsg(p.sendFd, out)
+	}
+	m := p.s.metrics
+	if st.packets > 0 {
+		m.packetsFromPeer.Add(float64(st.packets))
+		m.bytesFromPeer.Add(float64(st.bytes))
+	}
+	if st.dropped > 0 {
+		m.droppedBandwidth.Add(float64(st.dropped))
+	}
+	return true
+}
+
+// slowPacket is a datagram from a peer without a channel, for pion (Data indication).
+type slowPacket struct {
+	buf  *[]byte
+	n    int
+	from *net.UDPAddr
+}
+
+var slowBufs = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
+
+// toPion queues a datagram for pion's read of this relay socket; when pion
+// is behind, it is dropped as the socket would.
+func (rc *relayConn) toPion(b []byte, from netip.AddrPort) {
+	buf := slowBufs.Get().(*[]byte)
+	n := copy(*buf, b)
+	select {
+	case rc.slow <- slowPacket{buf: buf, n: n, from: net.UDPAddrFromAddrPort(from)}:
+	default:
+		slowBufs.Put(buf)
+	}
+}
+
+// clientRelays maps a UDP client address to its allocation's relay socket,
+// for ChannelData arriving on the listening sockets.
+type clientRelays struct {
+	mu  sync.RWMutex
+	m   map[netip.AddrPort]*relayConn
+	gen atomic.Uint64 // bumped on every removal, so readers' caches drop stale entries
+}
+
+func (c *clientRelays) put(client netip.AddrPort, rc *relayConn) {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[netip.AddrPort]*relayConn{}
+	}
+	c.m[client] = rc
+	c.mu.Unlock()
+}
+
+func (c *clientRelays) remove(client netip.AddrPort, rc *relayConn) {
+	c.mu.Lock()
+	if c.m[client] == rc {
+		delete(c.m, client)
+	}
+	c.gen.Add(1)
+	c.mu.Unlock()
+}
+
+func (c *clientRelays) get(client netip.AddrPort) *relayConn {
+	c.mu.RLock()
+	rc := c.m[client]
+	c.mu.RUnlock()
+	return rc
+}
+
+// batchReader reads up to batchSize datagrams per recvmmsg(2) from a
+// listening socket. It relays ChannelData of known allocations itself and
+// hands everything else to pion one datagram at a time. Only pion's read
+// loop for this socket calls it, so it needs no lock.
+type batchReader struct {
+	s       *Server
+	rc      syscall.RawConn
+	batch   *mmsgBatch
+	n, next int
+	errno   syscall.Errno
+	readFn  func(fd uintptr) bool // allocated once: RawConn.Read's callback
+	cache   map[netip.AddrPort]*relayConn
+	gen     uint64
+	toPeer  toPeer
+}
+
+// toPeer accumulates counters for one batch.
+type toPeer struct{ packets, bytes uint64 }
+
+const batchSize = 32
+
+func newBatchReader(c *net.UDPConn, s *Server) (*batchReader, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	br := &batchReader{s: s, rc: rc, batch: newMmsgBatch(batchSize, inboundMTU), cache: map[netip.AddrPort]*relayConn{}}
+	br.readFn = func(fd uintptr) bool {
+		br.n, br.errno = br.batch.recvmmsg(fd)
+		return br.errno != unix.EAGAIN
+	}
+	return br, nil
+}
+
+// inboundMTU matches pion's read buffer: a datagram this long or longer is truncated.
+const inboundMTU = 1600
+
+func (br *batchReader) readFrom(b []byte) (int, net.Addr, error) {
+	for {
+		if br.next >= br.n {
+			br.flush()
+			br.n, br.next = 0, 0
+			if err := br.rc.Read(br.readFn); err != nil {
+				return 0, nil, err
+			}
+			if br.errno != 0 {
+				if br.errno == unix.EINTR {
+					continue
+				}
+				return 0, nil, &net.OpError{Op: "recvmmsg", Net: "udp", Err: br.errno}
+			}
+		}
+		i := br.next
+		br.next++
+		m := &br.batch.msgs[i]
+		size := int(m.len)
+		if size >= inboundMTU || m.hdr.Flags&unix.MSG_TRUNC != 0 {
+			continue
+		}
+		from, ok := br.batch.addrs[i].addrPort()
+		if !ok {
+			continue
+		}
+		p := br.batch.bufs[i][:size]
+		if isChannelData(p) && br.relay(p, from) {
+			continue
+		}
+		return copy(b, p), net.UDPAddrFromAddrPort(from), nil
+	}
+}
+
+// relay sends one ChannelData to its peer if the allocation and channel are
+// known here; false hands it to pion.
+func (br *batchReader) relay(p []byte, from netip.AddrPort) bool {
+	if g := br.s.clients.gen.Load(); g != br.gen {
+		clear(br.cache)
+		br.gen = g
+	}
+	rc := br.cache[from]
+	if rc == nil {
+		if rc = br.s.clients.get(from); rc == nil {
+			return false
+		}
+		br.cache[from] = rc
+	}
+	number := binary.BigEndian.Uint16(p[0:2])
+	length := int(binary.BigEndian.Uint16(p[2:4]))
+	if channelHdr+length > len(p) {
+		return false // pion answers malformed data (by dropping it)
+	}
+	peer, ok := rc.chans().byNumber(number)
+	if !ok {
+		return false
+	}
+	if n, _ := rc.writeToPeer(p[channelHdr:channelHdr+length], peer); n > 0 {
+		br.toPeer.packets++
+		br.toPeer.bytes += uint64(n)
+	}
+	return true
+}
+
+func (br *batchReader) flush() {
+	if br.toPeer.packets == 0 {
+		return
+	}
+	m := br.s.metrics
+	m.packetsToPeer.Add(float64(br.toPeer.packets))
+	m.bytesToPeer.Add(float64(br.toPeer.bytes))
+	br.toPeer = toPeer{}
+}
+
+// listenerFd is a listening socket's descriptor, for sendmmsg; valid while it is open.
+func listenerFd(c net.PacketConn) (int, bool) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	fd := -1
+	if raw.Control(func(f uintptr) { fd = int(f) }) != nil {
+		return -1, false
+	}
+	return fd, true
+}
