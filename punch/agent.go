@@ -125,20 +125,19 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 			relayed <- allocated{c, err}
 		}()
 	}
-	var update client.UpdatePeer
-	if stunAddr, err := a.stunServer(cfg.STUNServer, sc.URL, reg.ICEServers); err != nil {
+	var (
+		update client.UpdatePeer
+		nat    NATInfo
+	)
+	stunAddr, err := a.stunServer(cfg.STUNServer, sc.URL, reg.ICEServers)
+	if err != nil {
 		a.emit(AgentEvent{Event: "warning", Error: "no STUN server: " + err.Error() + "; offering host candidates only"})
 	} else {
 		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		nat, err := ep.DiscoverNAT(sctx, stunAddr, reg.PeerToken)
+		nat, err = ep.DiscoverNAT(sctx, stunAddr, reg.PeerToken)
 		cancel()
 		if err != nil {
 			a.emit(AgentEvent{Event: "warning", Error: fmt.Sprintf("STUN to %s: %v; offering host candidates only", stunAddr, err)})
-		} else {
-			a.emit(AgentEvent{Event: "reflexive", Addr: nat.Reflexive.String(), NAT: string(nat.Type)})
-			if nat.Type != NATUnknown {
-				update.NAT = &client.NATReport{Type: string(nat.Type), Mapping: string(nat.Type)}
-			}
 		}
 	}
 	if relayed != nil {
@@ -151,6 +150,21 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 				cands = append(cands, client.Candidate{Type: string(Relayed), Addr: c.Addr.String(), Proto: "udp"})
 			}
 			update.Candidates = cands
+			if nat.Reflexive.IsValid() && nat.Type == NATUnknown {
+				// A server with one address: the mapping test goes through
+				// the allocation made meanwhile (DiscoverNAT).
+				sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				if again, err := ep.DiscoverNAT(sctx, stunAddr, ""); err == nil {
+					nat = again
+				}
+				cancel()
+			}
+		}
+	}
+	if nat.Reflexive.IsValid() {
+		a.emit(AgentEvent{Event: "reflexive", Addr: nat.Reflexive.String(), NAT: string(nat.Type)})
+		if nat.Type != NATUnknown {
+			update.NAT = &client.NATReport{Type: string(nat.Type), Mapping: string(nat.Type)}
 		}
 	}
 	if update.NAT != nil || update.Candidates != nil {

@@ -265,6 +265,8 @@ func (e *Endpoint) handlePacket(b []byte, r route) {
 		e.handleProbe(b, r)
 	case r.via == nil && r.sock == nil && stun.IsMessage(b):
 		e.handleSTUN(b)
+	case r.via != nil && stun.IsMessage(b):
+		e.handleRelayedBinding(b, r.addr)
 	default:
 		e.count(func(s *Stats) { s.DroppedMalformed++ })
 	}
@@ -346,6 +348,26 @@ func (e *Endpoint) handleSTUN(b []byte) {
 	}
 	select {
 	case ch <- stunAns{resp: resp, err: err}:
+	default:
+	}
+}
+
+// handleRelayedBinding takes one of our own Binding requests that came back
+// through a TURN allocation (mappingViaRelay): where it came from is what
+// our NAT mapped for the relayed address. Anyone else's is ignored.
+func (e *Endpoint) handleRelayedBinding(b []byte, from netip.AddrPort) {
+	m := &stun.Message{Raw: append([]byte(nil), b...)}
+	if m.Decode() != nil || m.Type != stun.BindingRequest {
+		return
+	}
+	e.mu.Lock()
+	ch := e.stunWait[m.TransactionID]
+	e.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- stunAns{resp: client.BindingResponse{ID: m.TransactionID, Mapped: from}}:
 	default:
 	}
 }

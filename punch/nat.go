@@ -2,6 +2,7 @@ package punch
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -42,10 +43,12 @@ const mappingTestTimeout = time.Second
 
 // DiscoverNAT asks server for this socket's reflexive address (token, when
 // not empty, rides in a PEER-TOKEN attribute so the rendezvous server ties
-// that address to this peer) and, when the server names an RFC 5780 other
-// address, tests the NAT's mapping (RFC 5780 §4.3 tests II and III: the same
-// request to the alternate IP, then to the alternate IP and port). The type is
-// remembered: Connect chooses how to punch from it and the peer's type.
+// that address to this peer) and tests the NAT's mapping: when the server
+// names an RFC 5780 other address, with RFC 5780 §4.3 tests II and III (the
+// same request to the alternate IP, then to the alternate IP and port);
+// otherwise, when the endpoint has a UDP TURN allocation (AllocateRelays),
+// through it (see mappingViaRelay). The type is remembered: Connect chooses
+// how to punch from it and the peer's type.
 func (e *Endpoint) DiscoverNAT(ctx context.Context, server netip.AddrPort, token string) (NATInfo, error) {
 	first, err := e.bind(ctx, server, token)
 	if err != nil {
@@ -74,9 +77,49 @@ func (e *Endpoint) DiscoverNAT(ctx context.Context, server netip.AddrPort, token
 		default:
 			info.Type = NATAddressPortDependent
 		}
+	} else if !other.IsValid() {
+		info.Type = e.mappingViaRelay(ctx, first.Mapped)
 	}
 	e.SetNATType(info.Type)
 	return info, nil
+}
+
+// mappingViaRelay tests the mapping with a server that has one address: a
+// STUN Binding request sent from the endpoint's socket to our own TURN
+// relayed address comes back through the allocation from the public address
+// our NAT chose for that destination (another port of the same server). A
+// port other than the reflexive one means the NAT maps per destination
+// ("address-port-dependent"); the same port, endpoint-independent (an
+// address-dependent NAT also keeps it here: only the port changed, and such
+// a pair then punches plainly).
+func (e *Endpoint) mappingViaRelay(ctx context.Context, reflexive netip.AddrPort) NATType {
+	var al *allocation
+	e.mu.Lock()
+	for _, a := range e.allocs {
+		if a.transport == relayUDP && a.relayed.Addr().Is4() == reflexive.Addr().Is4() {
+			al = a
+			break
+		}
+	}
+	e.mu.Unlock()
+	perm, ok := al.permitter()
+	if !ok {
+		return NATUnknown
+	}
+	if err := perm.CreatePermissions(net.UDPAddrFromAddrPort(reflexive)); err != nil {
+		e.log.Debug("mapping test: TURN permission for our own address", "err", err)
+		return NATUnknown
+	}
+	tctx, cancel := context.WithTimeout(ctx, mappingTestTimeout)
+	defer cancel()
+	echo, err := e.bind(tctx, al.relayed, "")
+	switch {
+	case err != nil:
+		return NATUnknown
+	case echo.Mapped == reflexive:
+		return NATEndpointIndependent
+	}
+	return NATAddressPortDependent
 }
 
 // SetNATType sets this endpoint's NAT type, e.g. from a natcheck report,

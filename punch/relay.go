@@ -80,6 +80,16 @@ type allocation struct {
 	under     net.PacketConn // the client's socket (UDP, or a STUNConn over TCP/TLS)
 }
 
+// permitter is the allocation's CreatePermission, which pion's relayed
+// UDP conn has (WriteTo makes one too, but would also send data).
+func (a *allocation) permitter() (interface{ CreatePermissions(...net.Addr) error }, bool) {
+	if a == nil {
+		return nil, false
+	}
+	p, ok := a.conn.(interface{ CreatePermissions(...net.Addr) error })
+	return p, ok
+}
+
 func (a *allocation) close() {
 	a.closeOnce.Do(func() {
 		a.conn.Close()

@@ -41,8 +41,22 @@ func labServer(t *testing.T, lab *natlab.Lab) string {
 func labServerRelay(t testing.TB, lab *natlab.Lab, relayYAML string) string {
 	t.Helper()
 	srv := lab.Server()
+	return labServe(t, lab, fmt.Sprintf("public-host: %s\nsignaling:\n  open: true\nrelay:\n  relay-address: %s\n  alternate-address: %s:3479\n%s", srv.Addr(), srv.Addr(), srv.AltAddr(), relayYAML))
+}
+
+// labServerOneAddress is a server with one address, as most VPSs have: no
+// RFC 5780, so peers test their NAT's mapping through their TURN allocation.
+func labServerOneAddress(t testing.TB, lab *natlab.Lab) string {
+	t.Helper()
+	srv := lab.Server()
+	return labServe(t, lab, fmt.Sprintf("public-host: %s\nsignaling:\n  open: true\nrelay:\n  relay-address: %s\n", srv.Addr(), srv.Addr()))
+}
+
+// labServe runs `rendezvous serve` with config cfg on the lab's server host.
+func labServe(t testing.TB, lab *natlab.Lab, cfg string) string {
+	t.Helper()
+	srv := lab.Server()
 	dir := t.TempDir()
-	cfg := fmt.Sprintf("public-host: %s\nsignaling:\n  open: true\nrelay:\n  relay-address: %s\n  alternate-address: %s:3479\n%s", srv.Addr(), srv.Addr(), srv.AltAddr(), relayYAML)
 	cfgPath := filepath.Join(dir, "rendezvous.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
