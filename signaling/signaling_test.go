@@ -366,6 +366,47 @@ func TestGoClientReconnectResumes(t *testing.T) {
 	t.Fatal("events closed")
 }
 
+// A game that restarts dials with its previous run's resume token and gets its
+// peer id and rooms back; a token the server no longer knows registers afresh.
+func TestGoClientDialResumes(t *testing.T) {
+	ts := startServer(t, DefaultConfig())
+	ctx := context.Background()
+	a, err := client.Dial(ctx, client.Config{URL: ts.URL, Register: client.Register{Name: "alice"}, NoReconnect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	room, err := a.CreateRoom(ctx, client.CreateRoom{Name: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := a.Registered()
+	// The game dies: its connection drops without a goodbye.
+	ts.mu.Lock()
+	conn := ts.local[first.PeerID]
+	ts.mu.Unlock()
+	conn.ws.CloseNow()
+	for range a.Events() { // closed when the client gave up
+	}
+
+	again, err := client.Dial(ctx, client.Config{URL: ts.URL, Register: client.Register{Name: "alice", ResumeToken: first.ResumeToken}, NoReconnect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if reg := again.Registered(); !reg.Resumed || reg.PeerID != first.PeerID || len(reg.Rooms) != 1 || reg.Rooms[0].ID != room.Room.ID {
+		t.Fatalf("dial with the resume token: %+v, want peer %s back in room %s", reg, first.PeerID, room.Room.ID)
+	}
+	fresh, err := client.Dial(ctx, client.Config{URL: ts.URL, Register: client.Register{Name: "bob", ResumeToken: "stale-token"}, NoReconnect: true})
+	if err != nil {
+		t.Fatalf("a stale resume token: %v, want a fresh registration", err)
+	}
+	defer fresh.Close()
+	if reg := fresh.Registered(); reg.Resumed || reg.PeerID == "" {
+		t.Fatalf("stale token: %+v", reg)
+	}
+}
+
 func TestAuthTokens(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Open = OpenNone

@@ -85,7 +85,10 @@ type Client struct {
 	offset  time.Duration // server clock - local clock
 }
 
-// Dial connects, registers and starts the background reader.
+// Dial connects, registers and starts the background reader. With
+// cfg.Register.ResumeToken (from a previous run's Registered), it takes back
+// that session's peer id and rooms when the server still holds them
+// (Registered().Resumed), and registers afresh when it does not.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 100 * time.Millisecond
@@ -102,7 +105,10 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	ws, reg, err := c.connect(ctx, "")
+	ws, reg, err := c.connect(ctx, cfg.Register.ResumeToken)
+	if se := (*Error)(nil); errors.As(err, &se) && se.Code == CodeResumeFailed {
+		ws, reg, err = c.connect(ctx, "")
+	}
 	if err != nil {
 		c.cancel()
 		return nil, err
