@@ -116,6 +116,8 @@ func parseRequest(b []byte) (request, *client.Error) {
 		body = new(client.Signal)
 	case client.TypeUpdatePeer:
 		body = new(client.UpdatePeer)
+	case client.TypeGetICEServers:
+		body = new(client.GetICEServers)
 	default:
 		return req, errorf(client.CodeUnknownType, "unknown message type %q", truncate(env.Type, 40))
 	}

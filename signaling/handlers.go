@@ -71,6 +71,8 @@ func (s *Server) handle(c *peerConn, req request) {
 		if e == nil {
 			c.reply(req.RID, client.TypeRooms, out)
 		}
+	case *client.GetICEServers:
+		c.reply(req.RID, client.TypeICEServers, client.ICEServerList{ICEServers: s.iceServers(id)})
 	case *client.Connect:
 		e = s.handleConnect(ctx, c, id, req.RID, b)
 	case *client.ConnectResult:

@@ -407,6 +407,38 @@ func TestGoClientDialResumes(t *testing.T) {
 	}
 }
 
+// turnServersOf keeps the ICE servers with TURN credentials.
+func turnServersOf(ice []client.ICEServer) []client.ICEServer {
+	var out []client.ICEServer
+	for _, s := range ice {
+		if s.Username != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// get_ice_servers hands a registered peer its ICE servers with credentials
+// minted now, for renewing its relay allocations.
+func TestGetICEServers(t *testing.T) {
+	ts := startServer(t, DefaultConfig(), withTURN)
+	c, err := client.Dial(context.Background(), client.Config{URL: ts.URL, Register: client.Register{Name: "host"}, NoReconnect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ice, err := c.ICEServers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	turn := turnServersOf(ice)
+	if len(turn) == 0 || !strings.HasSuffix(turn[0].Username, ":"+c.PeerID()) {
+		t.Fatalf("ice servers %+v: want TURN credentials for %s", ice, c.PeerID())
+	}
+	raw := mustRaw(t, ts.WS)
+	raw.wantError(client.TypeGetICEServers, client.GetICEServers{}, client.CodeNotRegistered)
+}
+
 func TestAuthTokens(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Open = OpenNone

@@ -485,6 +485,13 @@ func (c *Client) Signal(ctx context.Context, to, roomID string, payload any) err
 	return c.Request(ctx, TypeSignal, Signal{To: to, RoomID: roomID, Payload: raw}, nil)
 }
 
+// ICEServers asks the server for its ICE servers with fresh TURN credentials.
+func (c *Client) ICEServers(ctx context.Context) ([]ICEServer, error) {
+	var out ICEServerList
+	err := c.Request(ctx, TypeGetICEServers, GetICEServers{}, &out)
+	return out.ICEServers, err
+}
+
 // Close ends the session without waiting for the resume grace: the server
 // tells rooms the peer disconnected.
 func (c *Client) Close() error {

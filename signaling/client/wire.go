@@ -42,23 +42,25 @@ type Envelope struct {
 // Message types. Client → server requests are answered by the type in the
 // comment (or by an "error" frame with the same rid).
 const (
-	TypeRegister      = "register"       // → registered
-	TypePing          = "ping"           // both directions; answered by pong
-	TypePong          = "pong"           //
-	TypeCreateRoom    = "create_room"    // → room_joined
-	TypeJoin          = "join"           // → room_joined
-	TypeLeave         = "leave"          // → left
-	TypeUpdateRoom    = "update_room"    // → room_updated (host only)
-	TypeListRooms     = "list_rooms"     // → rooms
-	TypeConnect       = "connect"        // → connect_ack, then punch to both sides
-	TypeConnectResult = "connect_result" // → ack
-	TypeSignal        = "signal"         // forwarded to the target as signal
-	TypeUpdatePeer    = "update_peer"    // → ack (new candidates / NAT report)
+	TypeRegister      = "register"        // → registered
+	TypePing          = "ping"            // both directions; answered by pong
+	TypePong          = "pong"            //
+	TypeCreateRoom    = "create_room"     // → room_joined
+	TypeJoin          = "join"            // → room_joined
+	TypeLeave         = "leave"           // → left
+	TypeUpdateRoom    = "update_room"     // → room_updated (host only)
+	TypeListRooms     = "list_rooms"      // → rooms
+	TypeConnect       = "connect"         // → connect_ack, then punch to both sides
+	TypeConnectResult = "connect_result"  // → ack
+	TypeSignal        = "signal"          // forwarded to the target as signal
+	TypeUpdatePeer    = "update_peer"     // → ack (new candidates / NAT report)
+	TypeGetICEServers = "get_ice_servers" // → ice_servers (fresh TURN credentials)
 
 	TypeRegistered  = "registered"
 	TypeRoomJoined  = "room_joined"
 	TypeLeft        = "left"
 	TypeRooms       = "rooms"
+	TypeICEServers  = "ice_servers"
 	TypeConnectAck  = "connect_ack"
 	TypePunch       = "punch"
 	TypeAck         = "ack"
@@ -294,6 +296,16 @@ type ListRooms struct {
 	Game   string `json:"game,omitempty"`
 	Cursor string `json:"cursor,omitempty"`
 	Limit  int    `json:"limit,omitempty"`
+}
+
+// GetICEServers asks for the ICE servers with fresh TURN credentials: a
+// long-lived peer renews its relay allocations with them before the ones it
+// registered with expire.
+type GetICEServers struct{}
+
+// ICEServerList answers get_ice_servers.
+type ICEServerList struct {
+	ICEServers []ICEServer `json:"ice_servers"`
 }
 
 // Rooms answers list_rooms.
