@@ -164,7 +164,7 @@ SECTION=$(cat <<EOF
 
 Reproduce: \`sudo ROUNDS=$ROUNDS CLIENTS="$CLIENTS" SECONDS_PER_RUN=$SECONDS_PER_RUN bench/relay/run.sh\`
 ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r), coturn $COTURN_VERSION, $(go version | awk '{print $3}'),
-rendezvous relay with $(nproc) SO_REUSEPORT read sockets and 8 MiB socket buffers.)
+rendezvous relay with its default read sockets (one per two CPUs: $(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 ))) and 8 MiB socket buffers.)
 
 Load: \`turnutils_uclient -c -m CLIENTS -z 5 -l 200 -n $((200 * SECONDS_PER_RUN))\` to \`turnutils_peer\` (echo),
 servers alternating first/second each round; medians of $ROUNDS rounds. A message is one client message, relayed
