@@ -1,0 +1,119 @@
+package relay
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/pion/stun/v4"
+)
+
+func channelData(number uint16, payload []byte) []byte {
+	b := binary.BigEndian.AppendUint16(nil, number)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(payload)))
+	return append(b, payload...)
+}
+
+// recvChannelData returns the next ChannelData frame's channel and payload.
+func (c *rawClient) recvChannelData() (uint16, []byte) {
+	c.t.Helper()
+	for {
+		b := c.recv()
+		if b[0] < 0x40 {
+			continue // a STUN message
+		}
+		n := int(binary.BigEndian.Uint16(b[2:4]))
+		if 4+n > len(b) {
+			c.t.Fatalf("ChannelData of %d bytes declares %d", len(b), n)
+		}
+		return binary.BigEndian.Uint16(b[0:2]), b[4 : 4+n]
+	}
+}
+
+// Channel data takes the relay's own path (fastpath.go), outside pion: both
+// directions arrive intact, an unbound channel number relays nothing, the
+// counters move, and a deleted allocation's relay socket is closed.
+func TestChannelDataBothWays(t *testing.T) {
+	r := startRelay(t, func(c *Config) { c.AllowPeers = []string{"127.0.0.1/32"} })
+	c := dialRaw(t, r, "udp")
+	relayAP := mustAllocate(t, c, "alice", "alice-pw")
+	peer := udpPeer(t, "127.0.0.1")
+	peerAP := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(peer.LocalAddr().(*net.UDPAddr).Port))
+	const ch = 0x4001
+	if code, reason := errorCode(t, c.do(stun.MethodChannelBind, channelAttr(ch), peerAttr(peerAP))); code != 0 {
+		t.Fatalf("ChannelBind: %d %s", code, reason)
+	}
+	const rounds = 20
+	for i := range rounds {
+		// An unbound channel first: the relay must drop it, so the peer's
+		// next datagram is the bound channel's.
+		c.send(channelData(0x4002, []byte("unbound")))
+		msg := []byte(fmt.Sprintf("to peer %d%s", i, "xyz"[:i%4])) // lengths not all multiples of 4
+		c.send(channelData(ch, msg))
+		got, from := readPeer(t, peer)
+		if !bytes.Equal(got, msg) || from != relayAP {
+			t.Fatalf("peer got %q from %v, want %q from %v", got, from, msg, relayAP)
+		}
+		reply := []byte(fmt.Sprintf("to client %d%s", i, "ab"[:i%3]))
+		if _, err := peer.WriteToUDPAddrPort(reply, relayAP); err != nil {
+			t.Fatal(err)
+		}
+		number, back := c.recvChannelData()
+		if number != ch || !bytes.Equal(back, reply) {
+			t.Fatalf("client got channel %#x %q, want %#x %q", number, back, ch, reply)
+		}
+	}
+	eventually(t, "the packet counters", func() bool {
+		return r.metric(t, "rendezvous_relay_packets_total", map[string]string{"direction": "to_peer"}) == rounds &&
+			r.metric(t, "rendezvous_relay_packets_total", map[string]string{"direction": "from_peer"}) == rounds
+	})
+
+	// Deallocate: the relay socket is closed (its port can be bound again).
+	if code, reason := errorCode(t, c.do(stun.MethodRefresh, lifetimeAttr(0))); code != 0 {
+		t.Fatalf("Refresh 0: %d %s", code, reason)
+	}
+	eventually(t, "the allocation to end", func() bool {
+		return r.metric(t, "rendezvous_relay_allocations", nil) == 0
+	})
+	again, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(relayAP))
+	if err != nil {
+		t.Fatalf("relay port still bound after the allocation ended: %v", err)
+	}
+	again.Close()
+}
+
+// The bandwidth cap applies to channel data in both directions.
+func TestBandwidthLimitChannelData(t *testing.T) {
+	for _, dir := range []string{"to_peer", "from_peer"} {
+		t.Run(dir, func(t *testing.T) {
+			r := startRelay(t, func(c *Config) { c.AllowPeers = []string{"127.0.0.1/32"}; c.BandwidthLimit = 1000 })
+			c := dialRaw(t, r, "udp")
+			relayAP := mustAllocate(t, c, "alice", "alice-pw")
+			peer := udpPeer(t, "127.0.0.1")
+			peerAP := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(peer.LocalAddr().(*net.UDPAddr).Port))
+			if code, _ := errorCode(t, c.do(stun.MethodChannelBind, channelAttr(0x4000), peerAttr(peerAP))); code != 0 {
+				t.Fatal("ChannelBind")
+			}
+			payload := make([]byte, 1000)
+			const sent = 100 // 100 kB against a 64 KiB burst and 1 kB/s
+			for range sent {
+				if dir == "to_peer" {
+					c.send(channelData(0x4000, payload))
+				} else if _, err := peer.WriteToUDPAddrPort(payload, relayAP); err != nil {
+					t.Fatal(err)
+				}
+			}
+			eventually(t, "the relay to process every packet", func() bool {
+				return r.metric(t, "rendezvous_relay_packets_total", map[string]string{"direction": dir})+
+					r.metric(t, "rendezvous_relay_dropped_packets_total", map[string]string{"reason": "bandwidth"}) == sent
+			})
+			passed := r.metric(t, "rendezvous_relay_packets_total", map[string]string{"direction": dir})
+			if passed < 60 || passed > 70 {
+				t.Fatalf("%v of %d packets passed a 64 KiB burst, want about 65", passed, sent)
+			}
+		})
+	}
+}
