@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -74,6 +75,12 @@ type Agent struct {
 
 	sessions chan PeerSession
 	events   chan AgentEvent
+
+	// What update_peer says after a relay renewal: host candidates, NAT.
+	hostCands []client.Candidate
+	nat       *client.NATReport
+	relayOpts RelayOptions
+	renewNow  chan struct{} // signaling reconnected: the relay may have restarted
 }
 
 // StartAgent connects to signaling with ep's key and candidates.
@@ -107,7 +114,8 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 	}
 	actx, stop := context.WithCancel(context.Background())
 	a := &Agent{ep: ep, sig: sig, log: log, ctx: actx, stop: stop,
-		sessions: make(chan PeerSession, 16), events: make(chan AgentEvent, 256)}
+		sessions: make(chan PeerSession, 16), events: make(chan AgentEvent, 256),
+		hostCands: cands, relayOpts: cfg.Relay, renewNow: make(chan struct{}, 1)}
 	reg := sig.Registered()
 	a.emit(AgentEvent{Event: "registered", PeerID: reg.PeerID})
 
@@ -118,7 +126,8 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 		err   error
 	}
 	var relayed chan allocated
-	if relays := RelayServers(reg.ICEServers); !cfg.NoRelay && len(relays) > 0 {
+	relays := RelayServers(reg.ICEServers)
+	if !cfg.NoRelay && len(relays) > 0 {
 		relayed = make(chan allocated, 1)
 		go func() {
 			c, err := ep.AllocateRelays(ctx, relays, cfg.Relay)
@@ -165,6 +174,7 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 		a.emit(AgentEvent{Event: "reflexive", Addr: nat.Reflexive.String(), NAT: string(nat.Type)})
 		if nat.Type != NATUnknown {
 			update.NAT = &client.NATReport{Type: string(nat.Type), Mapping: string(nat.Type)}
+			a.nat = update.NAT
 		}
 	}
 	if update.NAT != nil || update.Candidates != nil {
@@ -174,7 +184,99 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 	}
 	a.wg.Add(1)
 	go a.loop()
+	if relayed != nil {
+		a.wg.Add(1)
+		go a.renewRelays(relays)
+	}
 	return a, nil
+}
+
+// renewRelays renews the TURN allocations before the credentials they were
+// made with expire (TURN REST credentials, "expiry:user"), and at once after
+// signaling reconnected (the server, relay included, may have restarted):
+// fresh credentials from get_ice_servers, new allocations, the sessions
+// moved to them (Endpoint.RenewRelays), the new relayed candidates offered.
+func (a *Agent) renewRelays(servers []RelayServer) {
+	defer a.wg.Done()
+	wait, timed := renewDelay(servers, time.Now())
+	for {
+		var fire <-chan time.Time
+		var timer *time.Timer
+		if timed {
+			timer = time.NewTimer(wait)
+			fire = timer.C
+		}
+		select {
+		case <-a.ctx.Done():
+		case <-fire:
+		case <-a.renewNow:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if a.ctx.Err() != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(a.ctx, 15*time.Second)
+		fresh, err := a.renewOnce(ctx)
+		cancel()
+		if err != nil {
+			// The old allocations live until their credentials expire: try
+			// again in a minute.
+			a.emit(AgentEvent{Event: "warning", Error: "renewing the relay: " + err.Error()})
+			wait, timed = time.Minute, true
+			continue
+		}
+		wait, timed = renewDelay(fresh, time.Now())
+	}
+}
+
+func (a *Agent) renewOnce(ctx context.Context) ([]RelayServer, error) {
+	ice, err := a.sig.ICEServers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	servers := RelayServers(ice)
+	if len(servers) == 0 {
+		return nil, errors.New("the server offered no TURN server")
+	}
+	relayed, err := a.ep.RenewRelays(ctx, servers, a.relayOpts)
+	if err != nil {
+		return nil, err
+	}
+	cands := append([]client.Candidate(nil), a.hostCands...)
+	for _, c := range relayed {
+		a.emit(AgentEvent{Event: "relay", Addr: c.Addr.String(), Reason: "renewed"})
+		cands = append(cands, client.Candidate{Type: string(Relayed), Addr: c.Addr.String(), Proto: "udp"})
+	}
+	if err := a.sig.UpdatePeer(ctx, client.UpdatePeer{Candidates: cands, NAT: a.nat}); err != nil {
+		return nil, fmt.Errorf("offering the renewed relayed candidates: %w", err)
+	}
+	return servers, nil
+}
+
+// renewDelay is when to renew allocations made with servers' credentials:
+// three quarters into the time the earliest one has left. Static
+// credentials (no "expiry:" in the username) are not renewed on a timer.
+func renewDelay(servers []RelayServer, now time.Time) (time.Duration, bool) {
+	var earliest time.Time
+	for _, s := range servers {
+		prefix, _, ok := strings.Cut(s.Username, ":")
+		if !ok {
+			continue
+		}
+		unix, err := strconv.ParseInt(prefix, 10, 64)
+		if err != nil {
+			continue
+		}
+		if exp := time.Unix(unix, 0); earliest.IsZero() || exp.Before(earliest) {
+			earliest = exp
+		}
+	}
+	if earliest.IsZero() {
+		return 0, false
+	}
+	return max(earliest.Sub(now)*3/4, 0), true
 }
 
 // stunServer picks the STUN address: the override, else the first stun: URL
@@ -282,6 +384,19 @@ func (a *Agent) loop() {
 				}
 			case client.EventDisconnected:
 				a.emit(AgentEvent{Event: "warning", Error: "signaling disconnected; reconnecting"})
+			case client.EventReconnected:
+				select {
+				case a.renewNow <- struct{}{}:
+				default:
+				}
+			case client.TypePeerUpdated:
+				var pu client.PeerUpdated
+				if ev.Decode(&pu) != nil {
+					continue
+				}
+				if key, err := ParsePublicKey(pu.Peer.PublicKey); err == nil {
+					a.ep.AddCandidates(key, candidatesOf(pu.Peer))
+				}
 			}
 		}
 	}
@@ -299,20 +414,27 @@ func PeerFromPunch(p client.Punch, localTime func(int64) time.Time) (Peer, error
 		peer.NAT = NATType(p.Peer.NAT.Type)
 	}
 	copy(peer.Session[:], sum[:8])
+	peer.Candidates = candidatesOf(p.Peer)
+	return peer, nil
+}
+
+// candidatesOf is a peer's UDP candidates as signaling describes them.
+func candidatesOf(info client.PeerInfo) []Candidate {
+	var out []Candidate
 	add := func(kind CandidateKind, s string) {
 		if ap, err := netip.ParseAddrPort(s); err == nil {
-			peer.Candidates = append(peer.Candidates, Candidate{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Kind: kind})
+			out = append(out, Candidate{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Kind: kind})
 		}
 	}
-	for _, c := range p.Peer.Candidates {
+	for _, c := range info.Candidates {
 		if c.Proto == "" || c.Proto == "udp" {
 			add(CandidateKind(c.Type), c.Addr)
 		}
 	}
-	if p.Peer.Reflexive != "" {
-		add(Reflexive, p.Peer.Reflexive)
+	if info.Reflexive != "" {
+		add(Reflexive, info.Reflexive)
 	}
-	return peer, nil
+	return out
 }
 
 func (a *Agent) punch(p client.Punch) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -127,14 +128,8 @@ func (e *Endpoint) register(peer Peer) (*attempt, error) {
 		seen[r] = true
 		a.targets = append(a.targets, r)
 	}
-	// Relayed paths: from each of our allocations to each relayed address of
-	// the peer (relay to relay always works through our relay's filter).
-	for _, al := range e.allocs {
-		for _, c := range ordered {
-			r := route{via: al, addr: c.Addr}
-			if c.Kind != Relayed || seen[r] || c.Addr.Addr().Is4() != al.relayed.Addr().Is4() {
-				continue
-			}
+	for _, r := range relayRoutes(e.allocs, ordered) {
+		if !seen[r] {
 			seen[r] = true
 			a.targets = append(a.targets, r)
 		}
@@ -145,6 +140,102 @@ func (e *Endpoint) register(peer Peer) (*attempt, error) {
 	e.attempts[peer.Session] = a
 	e.byVirtual[a.vaddr] = a
 	return a, nil
+}
+
+// relayRoutes are the relayed paths: from each of our allocations to each
+// relayed address of the peer (relay to relay always works through our
+// relay's filter).
+func relayRoutes(allocs []*allocation, cands []Candidate) []route {
+	var out []route
+	for _, al := range allocs {
+		for _, c := range cands {
+			if c.Kind == Relayed && c.Addr.IsValid() && c.Addr.Addr().Is4() == al.relayed.Addr().Is4() {
+				out = append(out, route{via: al, addr: c.Addr})
+			}
+		}
+	}
+	return out
+}
+
+// peerRelayed is every relayed address of the peer known to the attempt:
+// from signaling's punch and learned since (AddCandidates).
+func (a *attempt) peerRelayed() []Candidate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []Candidate
+	seen := map[netip.AddrPort]bool{}
+	for _, c := range a.peer.Candidates {
+		if c.Kind == Relayed && !seen[c.Addr] {
+			seen[c.Addr] = true
+			out = append(out, c)
+		}
+	}
+	for _, t := range a.targets {
+		if t.via != nil && !seen[t.addr] {
+			seen[t.addr] = true
+			out = append(out, Candidate{Addr: t.addr, Kind: Relayed})
+		}
+	}
+	return out
+}
+
+// addRoutes makes new routes targets of the attempt and pings them at once.
+func (a *attempt) addRoutes(routes []route) {
+	for _, r := range routes {
+		a.learn(r)
+	}
+}
+
+// dropRoutes forgets the routes drop matches. A session that was sending on
+// one moves to its best healthy path left.
+func (a *attempt) dropRoutes(drop func(route) bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.targets = slices.DeleteFunc(a.targets, drop)
+	for r := range a.paths {
+		if drop(r) {
+			delete(a.paths, r)
+		}
+	}
+	if a.active == nil || !drop(a.active.route) {
+		return
+	}
+	now := time.Now()
+	var best *pathState
+	for _, p := range a.paths {
+		if ok, _ := p.health(now, a.e.cfg.Ladder, time.Time{}); ok && (best == nil || better(p, best)) {
+			best = p
+		}
+	}
+	if best != nil {
+		a.switchLocked(a.e, best, "relay allocation replaced", now)
+	} else {
+		a.active = nil // the ladder takes the next path that answers
+	}
+}
+
+// AddCandidates tells the sessions with peer about new candidates of its
+// (signaling's peer_updated: e.g. the relayed addresses of its renewed
+// allocations); they are pinged at once and become paths when they answer.
+func (e *Endpoint) AddCandidates(peer PublicKey, cands []Candidate) {
+	e.mu.Lock()
+	var atts []*attempt
+	for _, a := range e.attempts {
+		if keyEqual(a.peer.Key, peer) {
+			atts = append(atts, a)
+		}
+	}
+	allocs := append([]*allocation(nil), e.allocs...)
+	e.mu.Unlock()
+	routes := relayRoutes(allocs, cands)
+	for _, c := range cands {
+		if c.Kind != Relayed && c.Addr.IsValid() {
+			routes = append(routes, route{addr: c.Addr})
+		}
+	}
+	for _, a := range atts {
+		a.addRoutes(routes)
+	}
 }
 
 func (e *Endpoint) unregister(a *attempt) {

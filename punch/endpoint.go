@@ -120,6 +120,7 @@ type Endpoint struct {
 	routes    map[route]*attempt   // paths proven by a signed probe, to their session
 	byVirtual map[netip.AddrPort]*attempt
 	allocs    []*allocation
+	retiring  []*allocation             // replaced by RenewRelays, closing soon
 	stunWait  map[[12]byte]chan stunAns // by STUN transaction id
 	nat       NATType
 	stats     Stats
@@ -208,8 +209,8 @@ func (e *Endpoint) Close() error {
 	e.vconn.Close()
 	e.conn.Close()
 	e.mu.Lock()
-	allocs := e.allocs
-	e.allocs = nil
+	allocs := append(e.allocs, e.retiring...)
+	e.allocs, e.retiring = nil, nil
 	attempts := make([]*attempt, 0, len(e.attempts))
 	for _, a := range e.attempts {
 		attempts = append(attempts, a)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -340,5 +341,23 @@ func TestBirthdayRoles(t *testing.T) {
 	cfg.Birthday.Sockets = 5000
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "probe-sockets") {
 		t.Errorf("5000 sockets: %v, want an error naming probe-sockets", err)
+	}
+}
+
+// Allocations made with TURN REST credentials are renewed three quarters
+// into the earliest credential's remaining life; static ones on no timer.
+func TestRenewDelay(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	rest := func(in time.Duration) RelayServer {
+		return RelayServer{Username: fmt.Sprintf("%d:p_x", now.Add(in).Unix())}
+	}
+	if d, ok := renewDelay([]RelayServer{rest(12 * time.Hour), rest(8 * time.Hour)}, now); !ok || d != 6*time.Hour {
+		t.Errorf("12 h and 8 h left: renew in %v (%v), want 6h", d, ok)
+	}
+	if d, ok := renewDelay([]RelayServer{rest(-time.Minute)}, now); !ok || d != 0 {
+		t.Errorf("expired: renew in %v (%v), want now", d, ok)
+	}
+	if _, ok := renewDelay([]RelayServer{{Username: "peer"}, {Username: "game:x"}}, now); ok {
+		t.Error("static credentials renewed on a timer")
 	}
 }

@@ -78,6 +78,7 @@ type allocation struct {
 	relayed   netip.AddrPort
 	closeOnce sync.Once
 	under     net.PacketConn // the client's socket (UDP, or a STUNConn over TCP/TLS)
+	closed    chan struct{}
 }
 
 // permitter is the allocation's CreatePermission, which pion's relayed
@@ -92,6 +93,7 @@ func (a *allocation) permitter() (interface{ CreatePermissions(...net.Addr) erro
 
 func (a *allocation) close() {
 	a.closeOnce.Do(func() {
+		close(a.closed)
 		a.conn.Close()
 		a.client.Close()
 		a.under.Close()
@@ -102,8 +104,29 @@ func (a *allocation) close() {
 // TCP, TLS), tried at once, and returns the relayed addresses as candidates
 // for the other side (each peer sends through its own allocation to the
 // other's relayed address). Allocations that fail are reported in the error
-// only when none succeeded. The endpoint keeps the allocations until Close.
+// only when none succeeded. The endpoint keeps the allocations until Close
+// or RenewRelays.
 func (e *Endpoint) AllocateRelays(ctx context.Context, servers []RelayServer, opts RelayOptions) ([]Candidate, error) {
+	return e.allocateRelays(ctx, servers, opts, false)
+}
+
+// relayRetireAfter is how long replaced allocations stay open after
+// RenewRelays: sessions verify their new relayed paths within a few ping
+// rounds (every candidate is pinged every fourth 250 ms round).
+var relayRetireAfter = 10 * time.Second
+
+// RenewRelays replaces the endpoint's TURN allocations with new ones (fresh
+// credentials: TURN REST credentials expire, and with them the allocations
+// made with them), returns the new relayed candidates for the peers, and
+// moves every session's relayed paths to the new allocations: they are
+// pinged at once toward the peer's relayed addresses, and the old
+// allocations close relayRetireAfter later. The old ones stay when no new
+// one could be made.
+func (e *Endpoint) RenewRelays(ctx context.Context, servers []RelayServer, opts RelayOptions) ([]Candidate, error) {
+	return e.allocateRelays(ctx, servers, opts, true)
+}
+
+func (e *Endpoint) allocateRelays(ctx context.Context, servers []RelayServer, opts RelayOptions, renew bool) ([]Candidate, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 3 * time.Second
 	}
@@ -148,8 +171,19 @@ func (e *Endpoint) AllocateRelays(ctx context.Context, servers []RelayServer, op
 	}
 	e.mu.Lock()
 	closed := e.ctx.Err() != nil
+	var old []*allocation
+	var attempts []*attempt
 	if !closed {
-		e.allocs = append(e.allocs, got...)
+		if renew {
+			old = e.allocs
+			e.allocs = got
+			e.retiring = append(e.retiring, old...)
+			for _, a := range e.attempts {
+				attempts = append(attempts, a)
+			}
+		} else {
+			e.allocs = append(e.allocs, got...)
+		}
 	}
 	e.mu.Unlock()
 	if closed {
@@ -169,7 +203,46 @@ func (e *Endpoint) AllocateRelays(ctx context.Context, servers []RelayServer, op
 			}
 		}
 	}
+	if renew {
+		for _, a := range attempts {
+			a.addRoutes(relayRoutes(got, a.peerRelayed()))
+		}
+		time.AfterFunc(relayRetireAfter, func() { e.retire(old) })
+	}
 	return cands, nil
+}
+
+// retire closes replaced allocations and takes their routes out of every
+// session (a session sending on one moves to its best other path).
+func (e *Endpoint) retire(old []*allocation) {
+	gone := map[*allocation]bool{}
+	for _, al := range old {
+		gone[al] = true
+	}
+	e.mu.Lock()
+	keep := e.retiring[:0]
+	for _, al := range e.retiring {
+		if !gone[al] {
+			keep = append(keep, al)
+		}
+	}
+	e.retiring = keep
+	attempts := make([]*attempt, 0, len(e.attempts))
+	for _, a := range e.attempts {
+		attempts = append(attempts, a)
+	}
+	for r := range e.routes {
+		if gone[r.via] {
+			delete(e.routes, r)
+		}
+	}
+	e.mu.Unlock()
+	for _, a := range attempts {
+		a.dropRoutes(func(r route) bool { return gone[r.via] })
+	}
+	for _, al := range old {
+		al.close()
+	}
 }
 
 // relayKeepAliveEvery keeps the NAT mapping (or TCP connection) between a
@@ -186,6 +259,8 @@ func (e *Endpoint) relayKeepAlive(a *allocation) {
 	for {
 		select {
 		case <-e.ctx.Done():
+			return
+		case <-a.closed:
 			return
 		case <-t.C:
 			if _, err := a.client.SendBindingRequest(); err != nil {
@@ -287,7 +362,7 @@ func allocate(ctx context.Context, tr relayTransport, s RelayServer, opts RelayO
 		under.Close()
 		return nil, fmt.Errorf("punch: TURN allocation at %s: %w", s.URL, err)
 	}
-	a := &allocation{transport: tr, server: s.URL, client: cl, conn: relayed, relayed: addrPort(relayed.LocalAddr()), under: under}
+	a := &allocation{transport: tr, server: s.URL, client: cl, conn: relayed, relayed: addrPort(relayed.LocalAddr()), under: under, closed: make(chan struct{})}
 	log.Debug("TURN allocation", "server", s.URL, "relayed", a.relayed.String())
 	return a, nil
 }

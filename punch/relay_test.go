@@ -13,6 +13,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -30,6 +31,9 @@ type testRelay struct {
 	servers []RelayServer // udp, tcp, tls
 	ca      *x509.CertPool
 }
+
+// testRelaySecret signs the test relay's TURN REST credentials.
+const testRelaySecret = "punch-test-relay-secret"
 
 func startTestRelay(t *testing.T) testRelay {
 	t.Helper()
@@ -65,6 +69,7 @@ func startTestRelay(t *testing.T) testRelay {
 	cfg.RelayAddressV6 = "::1"
 	cfg.ReadSockets = 1
 	cfg.Users = map[string]string{"peer": "peer-pw"}
+	cfg.AuthSecrets = []string{testRelaySecret}
 	srv, err := relay.New(cfg, relay.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -406,4 +411,83 @@ func TestLadderStepsDownToRelayOverTCP(t *testing.T) {
 		tm.Stop()
 	}
 	echoStream(t, sa, sb, bytes.Repeat([]byte("over tcp "), 32<<10))
+}
+
+// Renewing the relays (fresh TURN credentials before the old ones expire)
+// moves a relayed session to the new allocations: both sides renew, learn
+// the other's new relayed address as signaling's peer_updated would tell
+// them, and when the old allocations close the session carries on over the
+// new ones with its stream whole.
+func TestRenewRelaysMovesSessions(t *testing.T) {
+	old := relayRetireAfter
+	relayRetireAfter = 2 * time.Second
+	t.Cleanup(func() { relayRetireAfter = old })
+	r := startTestRelay(t)
+	a, _, relA := relayPeer(t, r, r.servers[0])
+	b, _, relB := relayPeer(t, r, r.servers[0])
+	sa, sb := connectWith(t, a, b, relA, relB)
+	if sa.Path().Kind != RelayUDP {
+		t.Fatalf("path %+v, want relay-udp", sa.Path())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	payload := make([]byte, 256<<10)
+	rand.Read(payload)
+	got := make(chan []byte, 1)
+	go func() {
+		st, err := sb.AcceptStream(ctx)
+		if err != nil {
+			got <- nil
+			return
+		}
+		b, _ := io.ReadAll(st)
+		got <- b
+	}()
+	st, err := sa.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(payload) / 2
+	if _, err := st.Write(payload[:half]); err != nil {
+		t.Fatal(err)
+	}
+
+	newA, err := a.RenewRelays(ctx, r.servers[:1], RelayOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newB, err := b.RenewRelays(ctx, r.servers[:1], RelayOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if newA[0].Addr == relA[0].Addr || newB[0].Addr == relB[0].Addr {
+		t.Fatalf("renewed relayed addresses %v %v are the old ones", newA, newB)
+	}
+	a.AddCandidates(b.PublicKey(), newB)
+	b.AddCandidates(a.PublicKey(), newA)
+	for _, c := range []struct {
+		s     *Session
+		local netip.AddrPort
+	}{{sa, newA[0].Addr}, {sb, newB[0].Addr}} {
+		deadline := time.After(10 * time.Second)
+	wait:
+		for {
+			select {
+			case ev := <-c.s.PathEvents():
+				if ev.Path.Local == c.local && ev.Path.Kind == RelayUDP {
+					t.Logf("moved: %s", ev.Reason)
+					break wait
+				}
+			case <-deadline:
+				t.Fatalf("no move to the renewed allocation %v (path %+v)", c.local, c.s.Path())
+			}
+		}
+	}
+	if _, err := st.Write(payload[half:]); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if b := <-got; !bytes.Equal(b, payload) {
+		t.Fatalf("stream across the renewal: %d bytes arrived, want %d intact", len(b), len(payload))
+	}
 }
