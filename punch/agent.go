@@ -81,6 +81,7 @@ type Agent struct {
 	nat       *client.NATReport
 	relayOpts RelayOptions
 	renewNow  chan struct{} // signaling reconnected: the relay may have restarted
+	renews    bool          // renewRelays runs
 }
 
 // StartAgent connects to signaling with ep's key and candidates.
@@ -182,9 +183,10 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 			a.emit(AgentEvent{Event: "warning", Error: "offering relayed candidates and the NAT type: " + err.Error()})
 		}
 	}
+	a.renews = relayed != nil
 	a.wg.Add(1)
 	go a.loop()
-	if relayed != nil {
+	if a.renews {
 		a.wg.Add(1)
 		go a.renewRelays(relays)
 	}
@@ -385,9 +387,22 @@ func (a *Agent) loop() {
 			case client.EventDisconnected:
 				a.emit(AgentEvent{Event: "warning", Error: "signaling disconnected; reconnecting"})
 			case client.EventReconnected:
-				select {
-				case a.renewNow <- struct{}{}:
-				default:
+				// A fresh registration (the server restarted) knows only our
+				// host candidates: the renewal offers the rest, or, without a
+				// relay, update_peer does.
+				if a.renews {
+					select {
+					case a.renewNow <- struct{}{}:
+					default:
+					}
+				} else if a.nat != nil {
+					a.wg.Add(1)
+					go func() {
+						defer a.wg.Done()
+						ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+						defer cancel()
+						a.sig.UpdatePeer(ctx, client.UpdatePeer{Candidates: a.hostCands, NAT: a.nat})
+					}()
 				}
 			case client.TypePeerUpdated:
 				var pu client.PeerUpdated
