@@ -31,6 +31,9 @@ type AgentConfig struct {
 	HostAddrs []netip.Addr
 	// NoRelay skips TURN: only direct paths are tried.
 	NoRelay bool
+	// NAT, when set, is this peer's NAT type as the player knows it (e.g.
+	// from `rendezvous natcheck`), used instead of what the agent measures.
+	NAT NATType
 	// Relay says how to reach the TURN servers signaling names (sockets,
 	// dialer, the CA pool that verifies a turns: server).
 	Relay  RelayOptions
@@ -170,6 +173,10 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 				cancel()
 			}
 		}
+	}
+	if cfg.NAT != "" {
+		nat.Type = cfg.NAT
+		ep.SetNATType(cfg.NAT)
 	}
 	if nat.Reflexive.IsValid() {
 		a.emit(AgentEvent{Event: "reflexive", Addr: nat.Reflexive.String(), NAT: string(nat.Type)})

@@ -2,6 +2,7 @@ package punch
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -26,6 +27,16 @@ const (
 	NATAddressDependent     NATType = "address-dependent"
 	NATAddressPortDependent NATType = "address-port-dependent"
 )
+
+// ParseNATType reads a NAT type by its name.
+func ParseNATType(s string) (NATType, error) {
+	for _, t := range []NATType{NATUnknown, NATOpen, NATEndpointIndependent, NATAddressDependent, NATAddressPortDependent} {
+		if string(t) == s {
+			return t, nil
+		}
+	}
+	return "", fmt.Errorf("NAT type %q is not one of open, endpoint-independent, address-dependent, address-port-dependent, unknown", s)
+}
 
 // hard is a NAT that gives every destination its own public port: the
 // peer cannot know which port to send to.

@@ -220,6 +220,8 @@ func TestConnectBirthdayOnlyWhenNeeded(t *testing.T) {
 		{Name: "sy1", NAT: natlab.Symmetric, Hosts: 1},
 		{Name: "sy2", NAT: natlab.Symmetric, Hosts: 1},
 		{Name: "sy3", NAT: natlab.Symmetric, Hosts: 1},
+		{Name: "pr4", NAT: natlab.PortRestricted, Hosts: 1},
+		{Name: "sy4", NAT: natlab.Symmetric, Hosts: 1},
 	}})
 	server := labServer(t, lab)
 	// start runs a pair and returns both procs once the creator is connected.
@@ -292,6 +294,21 @@ func TestConnectBirthdayOnlyWhenNeeded(t *testing.T) {
 			t.Fatalf("connected on %v, want relay-udp", kind(ev))
 		}
 		holdRelayed(t, procs, "sy1", "sy2")
+	})
+	// A type the player declares (--nat, e.g. from natcheck) wins over the
+	// measured one: declared symmetric on both sides, the pair cannot probe.
+	t.Run("declared_nat", func(t *testing.T) {
+		procs, ev, end := start(t, lab.Host("pr4", 0), lab.Host("sy4", 0), "--nat", "address-port-dependent")
+		defer end()
+		for _, p := range procs {
+			if r := p.waitEvent(t, "reflexive", time.Second); r["nat"] != "address-port-dependent" {
+				t.Errorf("reflexive event %v: want the declared NAT type", r)
+			}
+		}
+		if kind(ev) != "relay-udp" {
+			t.Fatalf("connected on %v, want relay-udp", kind(ev))
+		}
+		holdRelayed(t, procs, "pr4", "sy4")
 	})
 	t.Run("probing_off", func(t *testing.T) {
 		procs, ev, end := start(t, lab.Host("pr", 0), lab.Host("sy3", 0), "--probes", "0")

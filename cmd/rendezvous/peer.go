@@ -17,10 +17,10 @@ import (
 // peerFlags are what connect and tunnel share: the server and room, and how
 // this peer's socket, candidates and relays are set up.
 type peerFlags struct {
-	server, room, name, token, stun, socket, hostAddrs, relayCA string
-	create, asJSON, allIfaces, noRelay                          bool
-	timeout                                                     time.Duration
-	birthday                                                    punch.BirthdayConfig
+	server, room, name, token, stun, socket, hostAddrs, relayCA, nat string
+	create, asJSON, allIfaces, noRelay                               bool
+	timeout                                                          time.Duration
+	birthday                                                         punch.BirthdayConfig
 }
 
 // register adds the shared flags; socketFlag names the peer socket's flag
@@ -38,6 +38,7 @@ func (f *peerFlags) register(fl *pflag.FlagSet, socketFlag, socketDefault string
 	fl.BoolVar(&f.allIfaces, "all-interfaces", false, "also offer addresses of container/VM interfaces")
 	fl.StringVar(&f.relayCA, "relay-ca", "", "PEM file of the CA (or self-signed certificate) that signs the relay's TLS certificate, for turns: (default: the system's CAs)")
 	fl.BoolVar(&f.noRelay, "no-relay", false, "never relay: direct paths only")
+	fl.StringVar(&f.nat, "nat", "", "your NAT's mapping type, when you know it better than the automatic test (from `rendezvous natcheck`): endpoint-independent, address-dependent, address-port-dependent, open")
 	def := punch.DefaultBirthday()
 	fl.IntVar(&f.birthday.Probes, "probes", def.Probes, "most probes sent to reach a peer behind a symmetric NAT directly (birthday probing; 0 turns it off: some networks treat it as a port scan)")
 	fl.Float64Var(&f.birthday.Rate, "probe-rate", def.Rate, "probes per second")
@@ -77,6 +78,12 @@ func (f *peerFlags) start(ctx context.Context) (*punch.Endpoint, *punch.Agent, e
 	if err != nil {
 		return nil, nil, err
 	}
+	var nat punch.NATType
+	if f.nat != "" {
+		if nat, err = punch.ParseNATType(f.nat); err != nil {
+			return nil, nil, fmt.Errorf("--nat: %w", err)
+		}
+	}
 	ep, err := f.openEndpoint()
 	if err != nil {
 		return nil, nil, err
@@ -87,6 +94,7 @@ func (f *peerFlags) start(ctx context.Context) (*punch.Endpoint, *punch.Agent, e
 		IncludeVirtual: f.allIfaces,
 		HostAddrs:      hostAddrs,
 		NoRelay:        f.noRelay,
+		NAT:            nat,
 		Relay:          relayOpts,
 	})
 	if err != nil {
