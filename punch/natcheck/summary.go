@@ -63,7 +63,8 @@ func (r *Report) Summary() string {
 		add("Your router keeps one public port per game socket for every destination (though not the game's own port number): direct connections will work with most players.")
 	case r.Mapping == MappingAddressDependent || r.Mapping == MappingAddressAndPortDependent:
 		add("Your router picks a new public port for every player you talk to (a \"symmetric\" NAT, common on mobile networks and carrier-grade NAT): " +
-			"direct connections fail with players who are also behind strict routers, and those games go through the relay, which adds a little delay.")
+			"rendezvous still reaches most players directly (with players behind strict routers it probes for a path, which takes a few seconds, relaying meanwhile), " +
+			"but not players whose router does the same: those games go through the relay, which adds a little delay.")
 	default:
 		add("Your router translates addresses (NAT); this server could not test how, so rendezvous will try a direct connection and fall back to the relay if it fails.")
 	}
