@@ -287,7 +287,7 @@ type relayConn struct {
 	slot   uint32
 	fdMu   sync.RWMutex // sends hold it shared; Close exclusively, so no send hits a reused descriptor
 	closed bool
-	slow   chan slowPacket // datagrams for pion's ReadFrom (no channel: Data indications)
+	slow   slowQueue // datagrams for pion's ReadFrom (no channel: Data indications; TCP clients)
 	done   chan struct{}
 
 	s         *Server
@@ -413,14 +413,13 @@ func (c *relayConn) writeToPeer(b []byte, peer netip.AddrPort) (int, error) {
 // them, if a permission allows).
 func (c *relayConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	if c.pc == nil {
-		select {
-		case p := <-c.slow:
-			n := copy(b, (*p.buf)[:p.n])
-			slowBufs.Put(p.buf)
-			return n, p.from, nil
-		case <-c.done:
+		p, ok := c.slow.pop(c.done)
+		if !ok {
 			return 0, nil, net.ErrClosed
 		}
+		n := copy(b, (*p.buf)[:p.n])
+		slowBufs.Put(p.buf)
+		return n, p.from, nil
 	}
 	for {
 		n, addr, err := c.pc.ReadFrom(b)

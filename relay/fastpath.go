@@ -446,7 +446,7 @@ func (p *relayPoller) round(events []unix.EpollEvent) bool {
 	return true
 }
 
-// slowPacket is a datagram from a peer without a channel, for pion (Data indication).
+// slowPacket is a datagram for pion's read of a relay socket.
 type slowPacket struct {
 	buf  *[]byte
 	n    int
@@ -455,16 +455,63 @@ type slowPacket struct {
 
 var slowBufs = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
 
-// toPion queues a datagram for pion's read of this relay socket; when pion
-// is behind, it is dropped as the socket would.
-func (rc *relayConn) toPion(b []byte, from netip.AddrPort) {
+// slowQueue holds datagrams the poller hands to pion: from peers without a
+// channel (Data indications), and everything for TCP/TLS clients. It grows
+// with the backlog (idle allocations cost nothing) up to maxSlowBacklog, about
+// what the relay socket's own 1 MiB buffer would have held.
+type slowQueue struct {
+	mu     sync.Mutex
+	q      []slowPacket
+	head   int
+	signal chan struct{} // capacity 1: "the queue may have something"
+}
+
+const maxSlowBacklog = 512
+
+func (q *slowQueue) push(b []byte, from netip.AddrPort) bool {
+	q.mu.Lock()
+	if len(q.q)-q.head >= maxSlowBacklog {
+		q.mu.Unlock()
+		return false
+	}
 	buf := slowBufs.Get().(*[]byte)
 	n := copy(*buf, b)
+	q.q = append(q.q, slowPacket{buf: buf, n: n, from: net.UDPAddrFromAddrPort(from)})
+	q.mu.Unlock()
 	select {
-	case rc.slow <- slowPacket{buf: buf, n: n, from: net.UDPAddrFromAddrPort(from)}:
+	case q.signal <- struct{}{}:
 	default:
-		slowBufs.Put(buf)
 	}
+	return true
+}
+
+// pop waits for a datagram until done is closed.
+func (q *slowQueue) pop(done <-chan struct{}) (slowPacket, bool) {
+	for {
+		q.mu.Lock()
+		if q.head < len(q.q) {
+			p := q.q[q.head]
+			q.q[q.head] = slowPacket{}
+			q.head++
+			if q.head == len(q.q) {
+				q.q, q.head = q.q[:0], 0
+			}
+			q.mu.Unlock()
+			return p, true
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.signal:
+		case <-done:
+			return slowPacket{}, false
+		}
+	}
+}
+
+// toPion queues a datagram for pion's read of this relay socket; when pion
+// is that far behind, it is dropped as a full socket would.
+func (rc *relayConn) toPion(b []byte, from netip.AddrPort) {
+	rc.slow.push(b, from)
 }
 
 // clientRelays maps a UDP client address to its allocation's relay socket,

@@ -882,7 +882,7 @@ func (g *relayAllocator) AllocatePacketConn(conf turn.AllocateListenerConfig) (n
 		if err == nil {
 			rc.v6 = bind.Is6() && !bind.Is4In6()
 			rc.local = net.UDPAddrFromAddrPort(netip.AddrPortFrom(bind, port))
-			rc.slow = make(chan slowPacket, 64)
+			rc.slow.signal = make(chan struct{}, 1)
 			rc.done = make(chan struct{})
 			rc.poller = s.pollers[int(s.nextPoller.Add(1))%len(s.pollers)]
 			if err = rc.poller.add(rc); err != nil {
