@@ -267,18 +267,7 @@ func TestLadderFallsBackToRelayAndBack(t *testing.T) {
 
 	waitPath := func(s *Session, want func(PathKind) bool, within time.Duration) PathEvent {
 		t.Helper()
-		tm := time.NewTimer(within)
-		defer tm.Stop()
-		for {
-			select {
-			case ev := <-s.PathEvents():
-				if want(ev.Path.Kind) {
-					return ev
-				}
-			case <-tm.C:
-				t.Fatalf("no path switch within %v (path now %+v)", within, s.Path())
-			}
-		}
+		return waitPathEvent(t, s, func(ev PathEvent) bool { return want(ev.Path.Kind) }, within)
 	}
 	cutAt := time.Now()
 	ca.cut.Store(true)
@@ -469,19 +458,8 @@ func TestRenewRelaysMovesSessions(t *testing.T) {
 		s     *Session
 		local netip.AddrPort
 	}{{sa, newA[0].Addr}, {sb, newB[0].Addr}} {
-		deadline := time.After(10 * time.Second)
-	wait:
-		for {
-			select {
-			case ev := <-c.s.PathEvents():
-				if ev.Path.Local == c.local && ev.Path.Kind == RelayUDP {
-					t.Logf("moved: %s", ev.Reason)
-					break wait
-				}
-			case <-deadline:
-				t.Fatalf("no move to the renewed allocation %v (path %+v)", c.local, c.s.Path())
-			}
-		}
+		ev := waitPathEvent(t, c.s, func(ev PathEvent) bool { return ev.Path.Local == c.local && ev.Path.Kind == RelayUDP }, 10*time.Second)
+		t.Logf("moved: %s", ev.Reason)
 	}
 	if _, err := st.Write(payload[half:]); err != nil {
 		t.Fatal(err)
@@ -489,5 +467,22 @@ func TestRenewRelaysMovesSessions(t *testing.T) {
 	st.Close()
 	if b := <-got; !bytes.Equal(b, payload) {
 		t.Fatalf("stream across the renewal: %d bytes arrived, want %d intact", len(b), len(payload))
+	}
+}
+
+// waitPathEvent reads s's path events until want, failing after within.
+func waitPathEvent(t *testing.T, s *Session, want func(PathEvent) bool, within time.Duration) PathEvent {
+	t.Helper()
+	tm := time.NewTimer(within)
+	defer tm.Stop()
+	for {
+		select {
+		case ev := <-s.PathEvents():
+			if want(ev) {
+				return ev
+			}
+		case <-tm.C:
+			t.Fatalf("no such path switch within %v (path now %+v)", within, s.Path())
+		}
 	}
 }

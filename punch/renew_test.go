@@ -78,15 +78,7 @@ func TestAgentRenewsRelayBeforeCredentialsExpire(t *testing.T) {
 	for _, a := range []*Agent{host, guest} {
 		waitEvent(t, a, func(e AgentEvent) bool { return e.Event == "relay" && e.Reason == "renewed" }, 3*ttl)
 	}
-	deadline := time.After(3 * ttl)
-	for moved := false; !moved; {
-		select {
-		case ev := <-sh.PathEvents():
-			moved = ev.Path.Kind == RelayUDP && ev.Path.Local != first
-		case <-deadline:
-			t.Fatalf("the host's session stayed on %v (path %+v)", first, sh.Path())
-		}
-	}
+	waitPathEvent(t, sh.Session, func(ev PathEvent) bool { return ev.Path.Kind == RelayUDP && ev.Path.Local != first }, 3*ttl)
 	// Past the first credentials' expiry, the session still carries data.
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer rcancel()

@@ -287,37 +287,31 @@ func TestConnectBirthdayOnlyWhenNeeded(t *testing.T) {
 			t.Logf("router %s: %d unsolicited packets dropped in the 4 s window", r, d)
 		}
 	}
-	t.Run("symmetric_x_symmetric", func(t *testing.T) {
-		procs, ev, end := start(t, lab.Host("sy1", 0), lab.Host("sy2", 0))
-		defer end()
-		if kind(ev) != "relay-udp" {
-			t.Fatalf("connected on %v, want relay-udp", kind(ev))
-		}
-		holdRelayed(t, procs, "sy1", "sy2")
-	})
-	// A type the player declares (--nat, e.g. from natcheck) wins over the
-	// measured one: declared symmetric on both sides, the pair cannot probe.
-	t.Run("declared_nat", func(t *testing.T) {
-		procs, ev, end := start(t, lab.Host("pr4", 0), lab.Host("sy4", 0), "--nat", "address-port-dependent")
-		defer end()
-		for _, p := range procs {
-			if r := p.waitEvent(t, "reflexive", time.Second); r["nat"] != "address-port-dependent" {
-				t.Errorf("reflexive event %v: want the declared NAT type", r)
+	for _, c := range []struct {
+		name, a, b string
+		args       []string
+		nat        string // the NAT type both sides must report, when declared
+	}{
+		{name: "symmetric_x_symmetric", a: "sy1", b: "sy2"},
+		// A type the player declares (--nat, e.g. from natcheck) wins over the
+		// measured one: declared symmetric on both sides, the pair cannot probe.
+		{name: "declared_nat", a: "pr4", b: "sy4", args: []string{"--nat", "address-port-dependent"}, nat: "address-port-dependent"},
+		{name: "probing_off", a: "pr", b: "sy3", args: []string{"--probes", "0"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			procs, ev, end := start(t, lab.Host(c.a, 0), lab.Host(c.b, 0), c.args...)
+			defer end()
+			for _, p := range procs {
+				if r := p.waitEvent(t, "reflexive", time.Second); c.nat != "" && r["nat"] != c.nat {
+					t.Errorf("reflexive event %v: want the declared NAT type %s", r, c.nat)
+				}
 			}
-		}
-		if kind(ev) != "relay-udp" {
-			t.Fatalf("connected on %v, want relay-udp", kind(ev))
-		}
-		holdRelayed(t, procs, "pr4", "sy4")
-	})
-	t.Run("probing_off", func(t *testing.T) {
-		procs, ev, end := start(t, lab.Host("pr", 0), lab.Host("sy3", 0), "--probes", "0")
-		defer end()
-		if kind(ev) != "relay-udp" {
-			t.Fatalf("connected on %v, want relay-udp", kind(ev))
-		}
-		holdRelayed(t, procs, "pr", "sy3")
-	})
+			if kind(ev) != "relay-udp" {
+				t.Fatalf("connected on %v, want relay-udp", kind(ev))
+			}
+			holdRelayed(t, procs, c.a, c.b)
+		})
+	}
 }
 
 // A server with one address (no RFC 5780: most VPSs): peers learn their NAT's
