@@ -42,10 +42,12 @@ When no direct path answers, the session runs through the server's TURN
 relay (over UDP, else TCP, else TLS) and moves to a direct path when one
 answers; a path that stops answering (timestamp echo older than 1.5 s, or
 over 30% loss) is left for the next one down, without losing stream data.
+Against a symmetric NAT the sides probe for a direct path meanwhile (birthday
+probing: up to --probes packets to random ports; --probes 0 turns it off).
 
 Events (joined, connecting, connected with the path and RTT, path switches
-with their reason, failed) go to stderr, as text or, with --json, one JSON
-object per line. Data goes to stdout.
+with their reason, probing results, failed) go to stderr, as text or, with
+--json, one JSON object per line. Data goes to stdout.
 connect exits when stdin ends and every peer has received all of it (and sent
 all of its own), or on Ctrl-C.
 
@@ -164,7 +166,7 @@ func (p *eventPrinter) print(e punch.AgentEvent) {
 	case "registered":
 		fmt.Fprintf(p.w, "registered as %s\n", e.PeerID)
 	case "reflexive":
-		fmt.Fprintf(p.w, "public address (seen by the server): %s\n", e.Addr)
+		fmt.Fprintf(p.w, "public address (seen by the server): %s, NAT mapping: %s\n", e.Addr, e.NAT)
 	case "room":
 		if p.server == "" {
 			fmt.Fprintf(p.w, "announcing room %s on the local network — others join with: rendezvous connect --lan --room %s\n", e.Code, e.Code)
@@ -182,7 +184,20 @@ func (p *eventPrinter) print(e punch.AgentEvent) {
 	case "path":
 		fmt.Fprintf(p.w, "path to %s now %s: %s → %s (%s)\n", who, e.Path.Kind, e.Path.Local, e.Path.Remote, e.Reason)
 	case "relay":
+		if e.Reason != "" {
+			fmt.Fprintf(p.w, "relayed address (%s): %s\n", e.Reason, e.Addr)
+			break
+		}
 		fmt.Fprintf(p.w, "relayed address: %s\n", e.Addr)
+	case "probed":
+		switch r := e.Probe; {
+		case r == nil || r.Probes == 0:
+			// Plain punching answered before probing began: nothing to say.
+		case r.Found:
+			fmt.Fprintf(p.w, "found a direct path to %s through a symmetric NAT (%s, %d %s, %.1f s)\n", who, r.Role, r.Probes, probeUnit(r.Role), e.TookMS/1000)
+		default:
+			fmt.Fprintf(p.w, "no direct path to %s after %d %s: staying on the relay\n", who, r.Probes, probeUnit(r.Role))
+		}
 	case "failed":
 		fmt.Fprintf(p.w, "could not connect to %s: %s\n", who, e.Error)
 	case "done":
@@ -190,6 +205,15 @@ func (p *eventPrinter) print(e punch.AgentEvent) {
 	default:
 		fmt.Fprintf(p.w, "%s: %s\n", e.Event, e.Error)
 	}
+}
+
+// probeUnit is what a probing role counts: the prober's probes, the
+// opener's sockets.
+func probeUnit(role string) string {
+	if role == "opener" {
+		return "sockets"
+	}
+	return "probes"
 }
 
 func runConnect(ctx context.Context, f connectFlags, stdin io.Reader, stdout, stderr io.Writer) error {
