@@ -73,7 +73,7 @@ stderr (with --json as {"event":"stats",...} lines, beside the events of connect
 		},
 	}
 	fl := cmd.Flags()
-	f.peerFlags.register(fl, "peer-listen", "0.0.0.0:0")
+	f.peerFlags.register(fl, "peer-listen", ":0")
 	fl.StringVar(&f.forward, "forward", "", "host: deliver joiners' packets to this game server, udp:HOST:PORT")
 	fl.StringVar(&f.listen, "listen", "", "joiner: take the game's packets on this address, udp:HOST:PORT")
 	fl.DurationVar(&f.statsEvery, "stats-every", 2*time.Second, "how often to print path, RTT and throughput (0: never)")
