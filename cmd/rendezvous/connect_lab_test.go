@@ -265,7 +265,9 @@ Command: `+"`UPDATE_BENCHMARKS=1 go test ./cmd/rendezvous -run TestConnectAcross
 
 Real binaries: `+"`rendezvous serve`"+` on the lab's server (relay with RFC 5780 on its second address),
 `+"`rendezvous connect --create`"+` and `+"`--room`"+` behind two NAT routers; 64 KiB checksummed from
-joiner to creator. **%d of %d ordered pairs end on a direct path**; symmetric × symmetric relays.
+joiner to creator, over IPv4 (`+"`--listen 0.0.0.0:0`"+`). **%d of %d ordered pairs end on a direct path**;
+symmetric × symmetric relays. Over IPv6 (the default socket is dual-stack) there is no NAT: every pair
+connects directly through the routers' stateful firewalls.
 %s.
 
 %s`, direct, len(rows), benchdoc.Machine(), table.String()))
