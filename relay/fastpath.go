@@ -70,6 +70,28 @@ func (t channelTable) byPeer(p netip.AddrPort) (uint16, bool) {
 // isChannelData: first byte 0x40..0x7F (RFC 8656 §12).
 func isChannelData(b []byte) bool { return len(b) >= 4 && b[0]&0xC0 == 0x40 }
 
+// parseChannelData splits a ChannelData message (RFC 8656 §12.4):
+//
+//	 0                   1                   2                   3
+//	 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|         Channel Number        |            Length             |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|                 Application Data (Length bytes)               |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//
+// Bytes after Length (padding) are ignored; a Length past the end is malformed.
+func parseChannelData(b []byte) (number uint16, payload []byte, ok bool) {
+	if !isChannelData(b) {
+		return 0, nil, false
+	}
+	length := int(binary.BigEndian.Uint16(b[2:4]))
+	if channelHdr+length > len(b) {
+		return 0, nil, false
+	}
+	return binary.BigEndian.Uint16(b[0:2]), b[channelHdr : channelHdr+length], true
+}
+
 // rawSockaddr is room for an IPv4 or IPv6 socket address.
 type rawSockaddr struct {
 	unix.RawSockaddrInet6
@@ -632,16 +654,15 @@ func (br *batchReader) relay(p []byte, from netip.AddrPort) bool {
 		}
 		br.cache[from] = rc
 	}
-	number := binary.BigEndian.Uint16(p[0:2])
-	length := int(binary.BigEndian.Uint16(p[2:4]))
-	if channelHdr+length > len(p) {
-		return false // pion answers malformed data (by dropping it)
+	number, payload, ok := parseChannelData(p)
+	if !ok {
+		return false // pion drops malformed data
 	}
 	peer, ok := rc.chans().byNumber(number)
 	if !ok {
 		return false
 	}
-	if n, _ := rc.writeToPeer(p[channelHdr:channelHdr+length], peer); n > 0 {
+	if n, _ := rc.writeToPeer(payload, peer); n > 0 {
 		br.toPeer.packets++
 		br.toPeer.bytes += uint64(n)
 	}

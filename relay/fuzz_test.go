@@ -66,3 +66,30 @@ func FuzzTCPObserve(f *testing.F) {
 		}
 	})
 }
+
+// FuzzChannelData: the fast path's ChannelData parser accepts exactly the
+// messages whose first byte is 0x40..0x7F and whose Length fits, and returns
+// the channel number and Length bytes of data from inside the input.
+func FuzzChannelData(f *testing.F) {
+	f.Add([]byte{0x40, 0x00, 0x00, 0x03, 'a', 'b', 'c', 0})
+	f.Add([]byte{0x7f, 0xff, 0x00, 0x00})
+	f.Add([]byte{0x40, 0x01, 0x00, 0x09, 'x'})
+	f.Add([]byte{0x00, 0x01, 0x00, 0x00})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		number, payload, ok := parseChannelData(b)
+		declared := -1
+		if len(b) >= 4 {
+			declared = int(b[2])<<8 | int(b[3])
+		}
+		want := len(b) >= 4 && b[0] >= 0x40 && b[0] <= 0x7f && 4+declared <= len(b)
+		if ok != want {
+			t.Fatalf("parseChannelData(%x) ok=%v, want %v", b, ok, want)
+		}
+		if !ok {
+			return
+		}
+		if number != uint16(b[0])<<8|uint16(b[1]) || len(payload) != declared || !bytes.Equal(payload, b[4:4+declared]) {
+			t.Fatalf("parseChannelData(%x) = %#x %x", b, number, payload)
+		}
+	})
+}
