@@ -29,13 +29,14 @@ func birthdayConfig(h *natlab.Host) Config {
 	return cfg
 }
 
-// connectBoth runs Connect on both peers with each other's NAT type, as
-// signaling hands them over, and returns both sessions (nil on error).
-func connectBoth(t *testing.T, a, b labPeer, session [8]byte, window time.Duration) (sa, sb *Session, err error) {
+// connectLab runs Connect on both lab peers (with each other's NAT type, as
+// signaling hands them over) and returns both sessions (nil on error).
+func connectLab(t *testing.T, a, b labPeer, session [8]byte, window time.Duration) (sa, sb *Session, err error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), window)
 	defer cancel()
-	x, y := connectPeers(ctx, a, b, session, time.Now().Add(30*time.Millisecond))
+	start := time.Now().Add(30 * time.Millisecond)
+	x, y := connectBoth(ctx, a.e, b.peer(session, start), b.e, a.peer(session, start))
 	for _, s := range []*Session{x.s, y.s} {
 		if s != nil {
 			t.Cleanup(func() { s.Close() })
@@ -64,7 +65,7 @@ func TestBirthdayProbingFindsDirectPath(t *testing.T) {
 		t.Fatalf("NAT types: port-restricted %q, symmetric %q; want endpoint-independent and endpoint-dependent", easy.nat, hard.nat)
 	}
 	started := time.Now()
-	se, sh, err := connectBoth(t, easy, hard, [8]byte{0xB1}, 30*time.Second)
+	se, sh, err := connectLab(t, easy, hard, [8]byte{0xB1}, 30*time.Second)
 	if err != nil {
 		t.Fatalf("no session: %v (prober sent %d probes, opener opened %d sockets)", err, easy.e.Stats().BirthdayProbes, hard.e.Stats().BirthdaySockets)
 	}

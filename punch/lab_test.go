@@ -84,25 +84,9 @@ type outcome struct {
 	err    error
 }
 
-// connected is one side's Connect result.
-type connected struct {
-	s   *Session
-	err error
-}
-
-// connectPeers runs Connect on both peers at once, each with the other's
-// candidates and NAT type as signaling hands them over.
-func connectPeers(ctx context.Context, a, b labPeer, session [8]byte, start time.Time) (x, y connected) {
-	ra, rb := make(chan connected, 1), make(chan connected, 1)
-	go func() {
-		s, err := a.e.Connect(ctx, Peer{Key: b.e.PublicKey(), Session: session, Candidates: b.cands, Start: start, NAT: b.nat})
-		ra <- connected{s, err}
-	}()
-	go func() {
-		s, err := b.e.Connect(ctx, Peer{Key: a.e.PublicKey(), Session: session, Candidates: a.cands, Start: start, NAT: a.nat})
-		rb <- connected{s, err}
-	}()
-	return <-ra, <-rb
+// peer is what the other side learns of p from signaling.
+func (p labPeer) peer(session [8]byte, start time.Time) Peer {
+	return Peer{Key: p.e.PublicKey(), Session: session, Candidates: p.cands, Start: start, NAT: p.nat}
 }
 
 // punchPair connects two lab peers as signaling would (same start instant) and
@@ -111,9 +95,9 @@ func punchPair(a, b labPeer, session [8]byte) outcome {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	start := time.Now().Add(30 * time.Millisecond)
-	x, y := connectPeers(ctx, a, b, session, start)
+	x, y := connectBoth(ctx, a.e, b.peer(session, start), b.e, a.peer(session, start))
 	took := time.Since(start)
-	for _, r := range []connected{x, y} {
+	for _, r := range []result{x, y} {
 		if r.s != nil {
 			defer r.s.Close()
 		}

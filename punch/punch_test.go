@@ -50,22 +50,35 @@ type result struct {
 	err error
 }
 
-// connectPair runs Connect on both sides at once, as signaling would.
-func connectPair(t *testing.T, a, b *Endpoint) (*Session, *Session) {
+// connectBoth runs a.Connect toward b and b.Connect toward a at once, as
+// signaling schedules both sides.
+func connectBoth(ctx context.Context, a *Endpoint, toB Peer, b *Endpoint, toA Peer) (x, y result) {
+	ra, rb := make(chan result, 1), make(chan result, 1)
+	go func() { s, err := a.Connect(ctx, toB); ra <- result{s, err} }()
+	go func() { s, err := b.Connect(ctx, toA); rb <- result{s, err} }()
+	return <-ra, <-rb
+}
+
+// connectSessions connects a and b with connectBoth and fails the test
+// unless both sides got a session; the sessions close when the test ends.
+func connectSessions(t *testing.T, a *Endpoint, toB Peer, b *Endpoint, toA Peer) (*Session, *Session) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	sess := [8]byte{1, 2, 3}
-	start := time.Now().Add(20 * time.Millisecond)
-	ra, rb := make(chan result, 1), make(chan result, 1)
-	go func() { s, err := a.Connect(ctx, peerOf(b, sess, start)); ra <- result{s, err} }()
-	go func() { s, err := b.Connect(ctx, peerOf(a, sess, start)); rb <- result{s, err} }()
-	x, y := <-ra, <-rb
+	x, y := connectBoth(ctx, a, toB, b, toA)
 	if x.err != nil || y.err != nil {
 		t.Fatalf("connect: a=%v b=%v", x.err, y.err)
 	}
 	t.Cleanup(func() { x.s.Close(); y.s.Close() })
 	return x.s, y.s
+}
+
+// connectPair connects two endpoints over their local addresses.
+func connectPair(t *testing.T, a, b *Endpoint) (*Session, *Session) {
+	t.Helper()
+	sess := [8]byte{1, 2, 3}
+	start := time.Now().Add(20 * time.Millisecond)
+	return connectSessions(t, a, peerOf(b, sess, start), b, peerOf(a, sess, start))
 }
 
 func TestDirectSessionStreamsAndDatagrams(t *testing.T) {

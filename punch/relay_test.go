@@ -144,25 +144,10 @@ func relayPeer(t *testing.T, r testRelay, servers ...RelayServer) (*Endpoint, *c
 
 func connectWith(t *testing.T, a, b *Endpoint, ca, cb []Candidate) (*Session, *Session) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	sess := [8]byte{0x4e, 0x1a}
 	start := time.Now().Add(20 * time.Millisecond)
-	ra, rb := make(chan result, 1), make(chan result, 1)
-	go func() {
-		s, err := a.Connect(ctx, Peer{Key: b.PublicKey(), Session: sess, Start: start, Candidates: cb})
-		ra <- result{s, err}
-	}()
-	go func() {
-		s, err := b.Connect(ctx, Peer{Key: a.PublicKey(), Session: sess, Start: start, Candidates: ca})
-		rb <- result{s, err}
-	}()
-	x, y := <-ra, <-rb
-	if x.err != nil || y.err != nil {
-		t.Fatalf("connect: a=%v b=%v", x.err, y.err)
-	}
-	t.Cleanup(func() { x.s.Close(); y.s.Close() })
-	return x.s, y.s
+	return connectSessions(t, a, Peer{Key: b.PublicKey(), Session: sess, Start: start, Candidates: cb},
+		b, Peer{Key: a.PublicKey(), Session: sess, Start: start, Candidates: ca})
 }
 
 // A peer that no direct candidate reaches is connected through the relay,
