@@ -157,19 +157,10 @@ func (p *Probe) answered(s *extraSocket) {
 	p.result.Found = true
 	p.result.Took = time.Since(p.start)
 	p.winner = s
-	var losers []*extraSocket
-	if s != nil {
-		for _, o := range p.socks {
-			if o != s {
-				losers = append(losers, o)
-			}
-		}
-		p.socks = []*extraSocket{s}
-	}
 	p.mu.Unlock()
 	close(p.found)
-	for _, o := range losers {
-		o.conn.Close()
+	if s != nil {
+		p.closeLosers()
 	}
 }
 

@@ -35,8 +35,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -211,10 +213,7 @@ func (e *Endpoint) Close() error {
 	e.mu.Lock()
 	allocs := append(e.allocs, e.retiring...)
 	e.allocs, e.retiring = nil, nil
-	attempts := make([]*attempt, 0, len(e.attempts))
-	for _, a := range e.attempts {
-		attempts = append(attempts, a)
-	}
+	attempts := slices.Collect(maps.Values(e.attempts))
 	e.mu.Unlock()
 	for _, a := range allocs {
 		a.close()
@@ -341,14 +340,19 @@ func (e *Endpoint) handleSTUN(b []byte) {
 		e.count(func(s *Stats) { s.DroppedMalformed++ })
 		return
 	}
+	e.answerSTUN(stunAns{resp: resp, err: err})
+}
+
+// answerSTUN hands an answer to the bind waiting for its transaction, if any.
+func (e *Endpoint) answerSTUN(ans stunAns) {
 	e.mu.Lock()
-	ch := e.stunWait[resp.ID]
+	ch := e.stunWait[ans.resp.ID]
 	e.mu.Unlock()
 	if ch == nil {
 		return
 	}
 	select {
-	case ch <- stunAns{resp: resp, err: err}:
+	case ch <- ans:
 	default:
 	}
 }
@@ -361,16 +365,7 @@ func (e *Endpoint) handleRelayedBinding(b []byte, from netip.AddrPort) {
 	if m.Decode() != nil || m.Type != stun.BindingRequest {
 		return
 	}
-	e.mu.Lock()
-	ch := e.stunWait[m.TransactionID]
-	e.mu.Unlock()
-	if ch == nil {
-		return
-	}
-	select {
-	case ch <- stunAns{resp: client.BindingResponse{ID: m.TransactionID, Mapped: from}}:
-	default:
-	}
+	e.answerSTUN(stunAns{resp: client.BindingResponse{ID: m.TransactionID, Mapped: from}})
 }
 
 func randomTxID() (id [12]byte) {

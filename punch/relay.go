@@ -6,9 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -178,9 +180,7 @@ func (e *Endpoint) allocateRelays(ctx context.Context, servers []RelayServer, op
 			old = e.allocs
 			e.allocs = got
 			e.retiring = append(e.retiring, old...)
-			for _, a := range e.attempts {
-				attempts = append(attempts, a)
-			}
+			attempts = slices.Collect(maps.Values(e.attempts))
 		} else {
 			e.allocs = append(e.allocs, got...)
 		}
@@ -227,10 +227,7 @@ func (e *Endpoint) retire(old []*allocation) {
 		}
 	}
 	e.retiring = keep
-	attempts := make([]*attempt, 0, len(e.attempts))
-	for _, a := range e.attempts {
-		attempts = append(attempts, a)
-	}
+	attempts := slices.Collect(maps.Values(e.attempts))
 	for r := range e.routes {
 		if gone[r.via] {
 			delete(e.routes, r)
