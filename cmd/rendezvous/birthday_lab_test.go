@@ -28,18 +28,49 @@ type birthdayRun struct {
 	detail string
 }
 
+// labPair is a creator and a joiner of one room (IPv4 peer sockets), both
+// reading stdin from the test, so they stay until the test ends it.
+type labPair struct {
+	procs []*proc // creator, joiner
+	feeds []*io.PipeWriter
+}
+
+func startLabPair(t *testing.T, server string, a, b *natlab.Host, extra ...string) labPair {
+	t.Helper()
+	inA, feedA := io.Pipe()
+	inB, feedB := io.Pipe()
+	pa, _ := labConnectFrom(t, a, inA, append([]string{"--server", server, "--create", "--listen", "0.0.0.0:0"}, extra...)...)
+	room := pa.waitEvent(t, "room", 20*time.Second)
+	pb, _ := labConnectFrom(t, b, inB, append([]string{"--server", server, "--room", room["code"].(string), "--listen", "0.0.0.0:0"}, extra...)...)
+	return labPair{procs: []*proc{pa, pb}, feeds: []*io.PipeWriter{feedA, feedB}}
+}
+
+// closeInput ends both stdins: each side finishes once the other has.
+func (lp labPair) closeInput() {
+	for _, f := range lp.feeds {
+		f.Close()
+	}
+}
+
+// end closes the input and fails the test unless both exit cleanly.
+func (lp labPair) end(t *testing.T) {
+	t.Helper()
+	lp.closeInput()
+	for _, p := range lp.procs {
+		if err := p.waitExit(t, 20*time.Second); err != nil {
+			t.Errorf("connect exit: %v\n%s", err, p.dump())
+		}
+	}
+}
+
 // runBirthdayPair starts a creator on a and a joiner on b, waits for the
 // session and for it to move to a direct path (up to within), then ends both.
 func runBirthdayPair(t *testing.T, server string, a, b *natlab.Host, prober int, within time.Duration, extra ...string) birthdayRun {
 	t.Helper()
-	inA, feedA := io.Pipe()
-	inB, feedB := io.Pipe()
-	defer feedA.Close()
-	defer feedB.Close()
-	pa, _ := labConnectFrom(t, a, inA, append([]string{"--server", server, "--create", "--listen", "0.0.0.0:0"}, extra...)...)
-	room := pa.waitEvent(t, "room", 20*time.Second)
-	pb, _ := labConnectFrom(t, b, inB, append([]string{"--server", server, "--room", room["code"].(string), "--listen", "0.0.0.0:0"}, extra...)...)
-	procs := []*proc{pa, pb}
+	lp := startLabPair(t, server, a, b, extra...)
+	defer lp.closeInput()
+	procs := lp.procs
+	pa, pb := procs[0], procs[1]
 	var run birthdayRun
 	for i, p := range procs {
 		run.nats[i] = fmt.Sprint(p.waitEvent(t, "reflexive", 20*time.Second)["nat"])
@@ -67,13 +98,7 @@ func runBirthdayPair(t *testing.T, server string, a, b *natlab.Host, prober int,
 			}
 		}
 	}
-	feedA.Close()
-	feedB.Close()
-	for _, p := range procs {
-		if err := p.waitExit(t, 20*time.Second); err != nil {
-			t.Errorf("connect exit: %v\n%s", err, p.dump())
-		}
-	}
+	lp.end(t)
 	return run
 }
 
@@ -226,22 +251,10 @@ func TestConnectBirthdayOnlyWhenNeeded(t *testing.T) {
 	server := labServer(t, lab)
 	// start runs a pair and returns both procs once the creator is connected.
 	start := func(t *testing.T, a, b *natlab.Host, extra ...string) (procs []*proc, connected map[string]any, end func()) {
-		inA, feedA := io.Pipe()
-		inB, feedB := io.Pipe()
-		pa, _ := labConnectFrom(t, a, inA, append([]string{"--server", server, "--create", "--listen", "0.0.0.0:0"}, extra...)...)
-		room := pa.waitEvent(t, "room", 20*time.Second)
-		pb, _ := labConnectFrom(t, b, inB, append([]string{"--server", server, "--room", room["code"].(string), "--listen", "0.0.0.0:0"}, extra...)...)
-		ev := pa.waitLine(t, "connected", func(l map[string]any) bool { return l["event"] == "connected" }, 20*time.Second)
-		pb.waitEvent(t, "connected", 20*time.Second)
-		return []*proc{pa, pb}, ev, func() {
-			feedA.Close()
-			feedB.Close()
-			for _, p := range []*proc{pa, pb} {
-				if err := p.waitExit(t, 20*time.Second); err != nil {
-					t.Errorf("connect exit: %v\n%s", err, p.dump())
-				}
-			}
-		}
+		lp := startLabPair(t, server, a, b, extra...)
+		ev := lp.procs[0].waitLine(t, "connected", func(l map[string]any) bool { return l["event"] == "connected" }, 20*time.Second)
+		lp.procs[1].waitEvent(t, "connected", 20*time.Second)
+		return lp.procs, ev, func() { lp.end(t) }
 	}
 	kind := func(ev map[string]any) any { return ev["path"].(map[string]any)["kind"] }
 	isProbed := func(l map[string]any) bool { return l["event"] == "probed" }
