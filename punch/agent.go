@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -158,11 +159,7 @@ func StartAgent(ctx context.Context, ep *Endpoint, cfg AgentConfig) (*Agent, err
 		if r.err != nil {
 			a.emit(AgentEvent{Event: "warning", Error: "no relay: " + r.err.Error()})
 		} else {
-			for _, c := range r.cands {
-				a.emit(AgentEvent{Event: "relay", Addr: c.Addr.String()})
-				cands = append(cands, client.Candidate{Type: string(Relayed), Addr: c.Addr.String(), Proto: "udp"})
-			}
-			update.Candidates = cands
+			update.Candidates = a.withRelayed(r.cands, "")
 			if nat.Reflexive.IsValid() && nat.Type == NATUnknown {
 				// A server with one address: the mapping test goes through
 				// the allocation made meanwhile (DiscoverNAT).
@@ -253,15 +250,21 @@ func (a *Agent) renewOnce(ctx context.Context) ([]RelayServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	cands := append([]client.Candidate(nil), a.hostCands...)
-	for _, c := range relayed {
-		a.emit(AgentEvent{Event: "relay", Addr: c.Addr.String(), Reason: "renewed"})
-		cands = append(cands, client.Candidate{Type: string(Relayed), Addr: c.Addr.String(), Proto: "udp"})
-	}
-	if err := a.sig.UpdatePeer(ctx, client.UpdatePeer{Candidates: cands, NAT: a.nat}); err != nil {
+	if err := a.sig.UpdatePeer(ctx, client.UpdatePeer{Candidates: a.withRelayed(relayed, "renewed"), NAT: a.nat}); err != nil {
 		return nil, fmt.Errorf("offering the renewed relayed candidates: %w", err)
 	}
 	return servers, nil
+}
+
+// withRelayed is what update_peer offers: the host candidates and the
+// relayed addresses, each of which it shows as a "relay" event.
+func (a *Agent) withRelayed(relayed []Candidate, reason string) []client.Candidate {
+	cands := slices.Clone(a.hostCands)
+	for _, c := range relayed {
+		a.emit(AgentEvent{Event: "relay", Addr: c.Addr.String(), Reason: reason})
+		cands = append(cands, client.Candidate{Type: string(Relayed), Addr: c.Addr.String(), Proto: "udp"})
+	}
+	return cands
 }
 
 // renewDelay is when to renew allocations made with servers' credentials:
