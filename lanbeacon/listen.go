@@ -117,6 +117,7 @@ type ListenerStats struct {
 	Stale       uint64 `json:"stale"`        // timestamp outside MaxClockSkew
 	Replayed    uint64 `json:"replayed"`     // nonce already seen
 	TableFull   uint64 `json:"table_full"`   // new peer while MaxPeers are known
+	Late        uint64 `json:"late"`         // announcement after its sender's goodbye (reordered across paths)
 	// Not per datagram:
 	Expired       uint64 `json:"expired"`        // peers expired
 	EventsDropped uint64 `json:"events_dropped"` // events a full subscriber missed
@@ -136,7 +137,8 @@ type Listener struct {
 	peers     map[InstanceID]*Peer
 	limits    map[netip.Addr]*sourceLimit
 	lastSweep time.Time
-	nonces    map[nonceKey]time.Time // signed beacons seen, until they go stale
+	nonces    map[nonceKey]time.Time   // signed beacons seen, until they go stale
+	departed  map[InstanceID]time.Time // instances that said goodbye, until late beacons can no longer come
 	subs      map[*subscriber]struct{}
 	stopped   bool
 	ifnames   map[int]string
@@ -144,7 +146,7 @@ type Listener struct {
 	wake      chan struct{} // the earliest expiry may have moved
 
 	received, accepted, goodbyes, own, oversized, malformed, rateLimited,
-	otherApp, unsigned, forged, stale, replayed, tableFull, expired, eventsDropped atomic.Uint64
+	otherApp, unsigned, forged, stale, replayed, tableFull, late, expired, eventsDropped atomic.Uint64
 }
 
 type sourceLimit struct {
@@ -159,10 +161,13 @@ type nonceKey struct {
 
 type subscriber struct{ ch chan Event }
 
-// maxSources bounds the per-source rate limiters; maxNonces the replay cache.
+// maxSources bounds the per-source rate limiters; maxNonces the replay cache;
+// maxDeparted the goodbyes remembered (past it, a late beacon may bring a
+// departed peer back until it expires, as if no goodbye had been heard).
 const (
-	maxSources = 4096
-	maxNonces  = 65536
+	maxSources  = 4096
+	maxNonces   = 65536
+	maxDeparted = 4096
 )
 
 // NewListener checks cfg; it does no I/O.
@@ -172,7 +177,7 @@ func NewListener(cfg Config, opts Options) (*Listener, error) {
 	}
 	l := &Listener{cfg: cfg, opts: opts, log: opts.logger(), ignore: map[InstanceID]bool{},
 		ready: make(chan struct{}), peers: map[InstanceID]*Peer{}, limits: map[netip.Addr]*sourceLimit{},
-		nonces: map[nonceKey]time.Time{}, subs: map[*subscriber]struct{}{}, ifnames: map[int]string{},
+		nonces: map[nonceKey]time.Time{}, departed: map[InstanceID]time.Time{}, subs: map[*subscriber]struct{}{}, ifnames: map[int]string{},
 		joined: map[int]bool{}, wake: make(chan struct{}, 1)}
 	for _, id := range opts.Ignore {
 		l.ignore[id] = true
@@ -230,7 +235,7 @@ func (l *Listener) Stats() ListenerStats {
 		Received: l.received.Load(), Accepted: l.accepted.Load(), Goodbyes: l.goodbyes.Load(),
 		Own: l.own.Load(), OtherApp: l.otherApp.Load(), Oversized: l.oversized.Load(), Malformed: l.malformed.Load(),
 		RateLimited: l.rateLimited.Load(), Unsigned: l.unsigned.Load(), Forged: l.forged.Load(),
-		Stale: l.stale.Load(), Replayed: l.replayed.Load(), TableFull: l.tableFull.Load(),
+		Stale: l.stale.Load(), Replayed: l.replayed.Load(), TableFull: l.tableFull.Load(), Late: l.late.Load(),
 		Expired: l.expired.Load(), EventsDropped: l.eventsDropped.Load(),
 	}
 }
@@ -459,10 +464,25 @@ func (l *Listener) handle(b []byte, from net.Addr, ifindex int, now time.Time) {
 	}
 	if p.Goodbye {
 		l.goodbyes.Add(1)
+		// The sender's last round went out on every path just before this
+		// goodbye, and paths are read by separate sockets: an announcement
+		// of that round may still be on its way. The instance id is fresh
+		// per announcer start, so nothing more may bring it back; one of its
+		// intervals covers any reordering on a LAN.
+		if len(l.departed) >= maxDeparted {
+			l.forgetDeparted(now)
+		}
+		if len(l.departed) < maxDeparted {
+			l.departed[p.Instance] = now.Add(p.Interval)
+		}
 		if peer, ok := l.peers[p.Instance]; ok {
 			delete(l.peers, p.Instance)
 			l.emit(Event{Kind: Gone, Time: now, Peer: clonePeer(peer)})
 		}
+		return
+	}
+	if until, ok := l.departed[p.Instance]; ok && now.Before(until) {
+		l.late.Add(1)
 		return
 	}
 	peer, known := l.peers[p.Instance]
@@ -590,6 +610,16 @@ func (l *Listener) expire(now time.Time) {
 	for k, t := range l.nonces {
 		if now.After(t) {
 			delete(l.nonces, k)
+		}
+	}
+	l.forgetDeparted(now)
+}
+
+// forgetDeparted drops goodbyes whose window has passed. Called with mu held.
+func (l *Listener) forgetDeparted(now time.Time) {
+	for id, until := range l.departed {
+		if !now.Before(until) {
+			delete(l.departed, id)
 		}
 	}
 }

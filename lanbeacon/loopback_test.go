@@ -226,6 +226,35 @@ func beacon(id InstanceID, key []byte, ts time.Time, mod func(*packet)) []byte {
 	return appendPacket(nil, &p, key)
 }
 
+// TestLoopbackLateBeaconAfterGoodbye: an announcer's last round goes out on
+// every path just before its goodbye, and a listener reads paths on separate
+// sockets, so a beacon of that round can arrive after the goodbye. It must
+// not bring the departed peer back for 30 s.
+func TestLoopbackLateBeaconAfterGoodbye(t *testing.T) {
+	l := startListener(t, DefaultConfig(), Options{})
+	id, marker := InstanceID{0x1A}, InstanceID{0x1B}
+	sendRaw(t, l.addr, beacon(id, nil, time.Time{}, nil))
+	if ev := nextEvent(t, l.events, 5*time.Second); ev.Kind != Found || ev.Peer.Instance != id {
+		t.Fatalf("%v %+v, want found", ev.Kind, ev.Peer)
+	}
+	sendRaw(t, l.addr,
+		beacon(id, nil, time.Time{}, func(p *packet) { p.Goodbye = true }),
+		beacon(id, nil, time.Time{}, nil), // late, from the other path
+		beacon(marker, nil, time.Time{}, nil))
+	if ev := nextEvent(t, l.events, 5*time.Second); ev.Kind != Gone || ev.Peer.Instance != id {
+		t.Fatalf("%v %+v, want gone", ev.Kind, ev.Peer)
+	}
+	if ev := nextEvent(t, l.events, 5*time.Second); ev.Kind != Found || ev.Peer.Instance != marker {
+		t.Fatalf("%v %+v, want the marker found (the late beacon ignored)", ev.Kind, ev.Peer)
+	}
+	if tab := l.Table(); len(tab) != 1 || tab[0].Instance != marker {
+		t.Errorf("table %+v, want the marker only", tab)
+	}
+	if st := l.Stats(); st.Late != 1 || st.Goodbyes != 1 {
+		t.Errorf("stats %+v, want one late, one goodbye", st)
+	}
+}
+
 func TestLoopbackExpiry(t *testing.T) {
 	l := startListener(t, DefaultConfig(), Options{})
 	id := InstanceID{0xE}
