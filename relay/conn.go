@@ -33,6 +33,8 @@ type turnPacketConn struct {
 	net.PacketConn
 	s     *Server
 	batch *batchReader // nil: read one datagram per system call
+
+	closeOnce sync.Once
 }
 
 func newTurnPacketConn(c net.PacketConn, s *Server) *turnPacketConn {
@@ -68,6 +70,14 @@ func (c *turnPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		}
 		return n, addr, nil
 	}
+}
+
+// Close ends pion's read of a socket its relayPoller reads (fed mode).
+func (c *turnPacketConn) Close() error {
+	if c.batch != nil && c.batch.fedDone != nil {
+		c.closeOnce.Do(func() { close(c.batch.fedDone) })
+	}
+	return c.PacketConn.Close()
 }
 
 func (c *turnPacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
@@ -402,6 +412,7 @@ func (c *relayConn) writeToPeer(b []byte, peer netip.AddrPort) (int, error) {
 		c.fdMu.RUnlock()
 	}
 	if err != nil {
+		c.s.metrics.droppedSendFailed.Inc()
 		return 0, err
 	}
 	c.bytesOut.Add(uint64(len(b)))

@@ -21,6 +21,8 @@ type metrics struct {
 	packetsToPeer, packetsFromPeer prometheus.Counter
 	droppedBandwidth               prometheus.Counter
 	droppedOwnAddress              prometheus.Counter
+	droppedBacklog                 prometheus.Counter // pion's read of a relay socket too far behind
+	droppedSendFailed              prometheus.Counter // the kernel refused the send (full buffer, ICMP error)
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -57,6 +59,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.packetsToPeer, m.packetsFromPeer = packets.WithLabelValues("to_peer"), packets.WithLabelValues("from_peer")
 	m.droppedBandwidth = dropped.WithLabelValues("bandwidth")
 	m.droppedOwnAddress = dropped.WithLabelValues("own_address")
+	m.droppedBacklog = dropped.WithLabelValues("backlog")
+	m.droppedSendFailed = dropped.WithLabelValues("send_failed")
 	for _, r := range []string{"user_quota", "total_quota", "ip_quota", "no_relay_port", "address_family"} {
 		m.allocationsRefused.WithLabelValues(r)
 	}

@@ -303,8 +303,12 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	closers = append(closers, func() { stopSTUN(); <-stunDone })
 
+	tcs := make([]*turnPacketConn, len(udpConns))
+	for i, c := range udpConns {
+		tcs[i] = newTurnPacketConn(c, s)
+	}
 	if s.hostNetwork() {
-		for _, c := range udpConns {
+		for i, c := range udpConns {
 			fd, ok := listenerFd(c)
 			if !ok {
 				continue
@@ -316,6 +320,12 @@ func (s *Server) Run(ctx context.Context) (err error) {
 			p, err := newRelayPoller(s, fd, domain == unix.AF_INET6)
 			if err != nil {
 				return fmt.Errorf("relay: %w", err)
+			}
+			if tc := tcs[i]; tc.batch != nil {
+				if err := p.readListener(tc.batch); err != nil {
+					p.close()
+					return fmt.Errorf("relay: %w", err)
+				}
 			}
 			s.pollers = append(s.pollers, p)
 			go p.run()
@@ -332,9 +342,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		AllocationLifetime: s.cfg.Lifetime,
 		LoggerFactory:      &slogLoggerFactory{log: s.log},
 	}
-	for _, c := range udpConns {
+	for _, tc := range tcs {
 		sc.PacketConnConfigs = append(sc.PacketConnConfigs, turn.PacketConnConfig{
-			PacketConn: newTurnPacketConn(c, s), RelayAddressGenerator: gen, PermissionHandler: s.permit})
+			PacketConn: tc, RelayAddressGenerator: gen, PermissionHandler: s.permit})
 	}
 	for _, l := range listeners {
 		sc.ListenerConfigs = append(sc.ListenerConfigs, turn.ListenerConfig{

@@ -22,6 +22,7 @@ func probe(args []string) {
 	pass := fs.String("password", "bench", "password")
 	duration := fs.Duration("duration", 10*time.Second, "how long to probe")
 	interval := fs.Duration("interval", 10*time.Millisecond, "packet interval")
+	samples := fs.String("samples", "", "also write every RTT (µs, one per line) to this file")
 	_ = fs.Parse(args)
 
 	die := func(err error) { fmt.Fprintln(os.Stderr, "probe:", err); os.Exit(1) }
@@ -89,6 +90,15 @@ func probe(args []string) {
 	tick.Stop()
 	<-done
 	slices.Sort(rtts)
+	if *samples != "" {
+		var b []byte
+		for _, r := range rtts {
+			b = fmt.Appendf(b, "%d\n", r.Microseconds())
+		}
+		if err := os.WriteFile(*samples, b, 0o644); err != nil {
+			die(err)
+		}
+	}
 	pct := func(p float64) float64 {
 		if len(rtts) == 0 {
 			return -1
