@@ -73,7 +73,8 @@ type Config struct {
 	AlternateAddress string `yaml:"alternate-address"`
 
 	// ReadSockets is how many SO_REUSEPORT UDP sockets read Listen (one
-	// read loop and one relay-socket poller each); 0 = one per two CPUs.
+	// event loop each, for the socket and its share of the relay sockets);
+	// 0 = one per CPU.
 	ReadSockets int `yaml:"read-sockets"`
 	// SocketBuffer is SO_RCVBUF/SO_SNDBUF for the UDP sockets in bytes.
 	// Above net.core.rmem_max it needs root (SO_RCVBUFFORCE) or a higher sysctl.

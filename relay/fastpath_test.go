@@ -85,6 +85,41 @@ func TestChannelDataBothWays(t *testing.T) {
 	again.Close()
 }
 
+// A dual-stack listening socket ([::]) sees IPv4 clients as ::ffff:a.b.c.d,
+// and the fast path sends their ChannelData from an AF_INET6 socket: two
+// IPv4 clients relayed to each other (relay to relay) over channels.
+func TestChannelDataDualStackListener(t *testing.T) {
+	r := startRelay(t, func(c *Config) {
+		c.Listen = "[::]:0"
+		c.TLSListen, c.CertFile, c.KeyFile = "", "", ""
+	})
+	r.addr = netip.AddrPortFrom(netip.MustParseAddr(relayIP), r.addr.Port()) // clients send only to loopback
+	a, b := dialRaw(t, r, "udp"), dialRaw(t, r, "udp")
+	ra := mustAllocate(t, a, "alice", "alice-pw")
+	rb := mustAllocate(t, b, "bob", "bob-pw")
+	const ch = 0x4010
+	for _, p := range []struct {
+		c    *rawClient
+		peer netip.AddrPort
+	}{{a, rb}, {b, ra}} {
+		if code, reason := errorCode(t, p.c.do(stun.MethodChannelBind, channelAttr(ch), peerAttr(p.peer))); code != 0 {
+			t.Fatalf("ChannelBind %v: %d %s", p.peer, code, reason)
+		}
+	}
+	for i := range 5 {
+		msg := []byte(fmt.Sprintf("a to b %d", i))
+		a.send(channelData(ch, msg))
+		if number, got := b.recvChannelData(); number != ch || !bytes.Equal(got, msg) {
+			t.Fatalf("b got channel %#x %q, want %#x %q", number, got, ch, msg)
+		}
+		back := []byte(fmt.Sprintf("b to a %d", i))
+		b.send(channelData(ch, back))
+		if number, got := a.recvChannelData(); number != ch || !bytes.Equal(got, back) {
+			t.Fatalf("a got channel %#x %q, want %#x %q", number, got, ch, back)
+		}
+	}
+}
+
 // The bandwidth cap applies to channel data in both directions.
 func TestBandwidthLimitChannelData(t *testing.T) {
 	for _, dir := range []string{"to_peer", "from_peer"} {

@@ -152,32 +152,39 @@ func TestRelayToRelayDefaultFilter(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer rb.Close()
-			// b opens its permission for a first (a has none yet, so the relay drops this one).
-			if _, err := rb.WriteTo([]byte("opening"), ra.LocalAddr()); err != nil {
-				t.Fatal(err)
-			}
-			for i := range 3 {
-				msg := []byte(fmt.Sprintf("a to b %d", i))
-				if _, err := ra.WriteTo(msg, rb.LocalAddr()); err != nil {
-					t.Fatal(err)
-				}
-				got, from := readRelay(t, rb)
-				if !bytes.Equal(got, msg) || from.String() != ra.LocalAddr().String() {
-					t.Fatalf("b got %q from %v, want %q from %v", got, from, msg, ra.LocalAddr())
-				}
-				back := []byte(fmt.Sprintf("b to a %d", i))
-				if _, err := rb.WriteTo(back, ra.LocalAddr()); err != nil {
-					t.Fatal(err)
-				}
-				got, from = readRelay(t, ra)
-				if string(got) == "opening" { // raced a's permission; legal either way
-					got, from = readRelay(t, ra)
-				}
-				if !bytes.Equal(got, back) || from.String() != rb.LocalAddr().String() {
-					t.Fatalf("a got %q from %v, want %q from %v", got, from, back, rb.LocalAddr())
-				}
-			}
+			relayBothWays(t, ra, rb)
 		})
+	}
+}
+
+// relayBothWays sends three messages each way between two allocations of
+// this relay and checks content and source.
+func relayBothWays(t *testing.T, ra, rb net.PacketConn) {
+	t.Helper()
+	// b opens its permission for a first (a has none yet, so the relay drops this one).
+	if _, err := rb.WriteTo([]byte("opening"), ra.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		msg := []byte(fmt.Sprintf("a to b %d", i))
+		if _, err := ra.WriteTo(msg, rb.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		got, from := readRelay(t, rb)
+		if !bytes.Equal(got, msg) || from.String() != ra.LocalAddr().String() {
+			t.Fatalf("b got %q from %v, want %q from %v", got, from, msg, ra.LocalAddr())
+		}
+		back := []byte(fmt.Sprintf("b to a %d", i))
+		if _, err := rb.WriteTo(back, ra.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		got, from = readRelay(t, ra)
+		if string(got) == "opening" { // raced a's permission; legal either way
+			got, from = readRelay(t, ra)
+		}
+		if !bytes.Equal(got, back) || from.String() != rb.LocalAddr().String() {
+			t.Fatalf("a got %q from %v, want %q from %v", got, from, back, rb.LocalAddr())
+		}
 	}
 }
 

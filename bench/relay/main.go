@@ -29,7 +29,7 @@ func main() {
 	user := flag.String("user", "bench:bench", "static user name:password")
 	secret := flag.String("secret", "", "TURN REST secret")
 	allow := flag.String("allow-peers", "127.0.0.0/8", "comma-separated allow-peers")
-	flag.IntVar(&cfg.ReadSockets, "read-sockets", 0, "SO_REUSEPORT sockets (0 = one per two CPUs)")
+	flag.IntVar(&cfg.ReadSockets, "read-sockets", 0, "SO_REUSEPORT sockets (0 = one per CPU)")
 	flag.IntVar(&cfg.SocketBuffer, "socket-buffer", 8<<20, "UDP socket buffer bytes")
 	flag.IntVar(&cfg.UserQuota, "user-quota", 0, "allocations per user (0 = unlimited)")
 	flag.IntVar(&cfg.MaxAllocationsPerIP, "max-allocations-per-ip", 0, "allocations per client IP (0 = unlimited)")
