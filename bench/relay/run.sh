@@ -153,7 +153,7 @@ done
 
 # Median over rounds per server and load; RTT pooled.
 TABLE=$(sort -k2,2n -k1,1 "$RESULTS" | awk -F'\t' -v pooled="$POOLED" '
-	BEGIN { while ((getline line < pooled) > 0) { split(line, f, "\t"); Q50[f[1] "\t" f[2]] = f[3]; Q90[f[1] "\t" f[2]] = f[4]; Q99[f[1] "\t" f[2]] = f[5] } }
+	BEGIN { while ((getline line < pooled) > 0) { split(line, q, "\t"); Q50[q[1] "\t" q[2]] = q[3]; Q90[q[1] "\t" q[2]] = q[4]; Q99[q[1] "\t" q[2]] = q[5] } }
 	$5 == "" { next } # a run whose client failed
 
 	function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }; return a[int((n + 1) / 2)] }
