@@ -32,7 +32,6 @@ package relay
 
 import (
 	"encoding/binary"
-	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -255,8 +254,9 @@ func (b *mmsgBatch) sendmmsg(fd int, n int) (failed int) {
 	return failed
 }
 
-// relayPoller reads relay sockets with one epoll loop and sends their
-// datagrams to clients as ChannelData in sendmmsg batches through a
+// relayPoller is the event loop of one listening socket and its share of
+// the relay sockets: it relays clients' ChannelData to peers, and peers'
+// datagrams to clients as ChannelData in sendmmsg batches through the
 // listening socket.
 type relayPoller struct {
 	s      *Server
@@ -279,6 +279,7 @@ type relayPoller struct {
 }
 
 const (
+	spinPolls   = 30 // empty epoll_waits before the loop parks
 	pollBatch   = 64
 	wakeSlot    = ^uint32(0)
 	listenSlot  = wakeSlot - 1
@@ -330,7 +331,7 @@ func (p *relayPoller) readListener(br *batchReader) error {
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.sendFd, &ev); err != nil {
 		return err
 	}
-	br.fed = &slowQueue{signal: make(chan struct{}, 1)}
+	br.fed = &slowQueue{limit: maxListenBacklog, signal: make(chan struct{}, 1)}
 	br.fedDone = make(chan struct{})
 	p.listen = br
 	return nil
@@ -399,12 +400,26 @@ func (p *relayPoller) run() {
 	events := make([]unix.EpollEvent, pollBatch)
 	var n int
 	var werr error
+	// Before parking, look again a few times: under load the next datagram
+	// is microseconds away, and a park and netpoller wake-up cost more than
+	// that and showed in the tail (300 clients: probe RTT p99 2.69 -> 2.44 ms,
+	// p99.9 4.76 -> 3.76 ms, with no measurable CPU cost). These calls never
+	// block, so they bypass the scheduler's system call bookkeeping.
 	wait := func(fd uintptr) bool {
-		n, werr = unix.EpollWait(int(fd), events, 0)
-		if errors.Is(werr, unix.EINTR) {
-			n, werr = 0, nil
+		for range spinPolls + 1 {
+			r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			switch {
+			case e == unix.EINTR:
+			case e != 0:
+				n, werr = 0, e
+				return true
+			case r > 0:
+				n, werr = int(r), nil
+				return true
+			}
 		}
-		return n > 0 || werr != nil
+		n, werr = 0, nil
+		return false
 	}
 	for {
 		err := p.raw.Read(wait)
@@ -517,22 +532,35 @@ type slowPacket struct {
 
 var slowBufs = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
 
-// slowQueue holds datagrams the poller hands to pion: from peers without a
-// channel (Data indications), and everything for TCP/TLS clients. It grows
-// with the backlog (idle allocations cost nothing) up to maxSlowBacklog, about
-// what the relay socket's own 1 MiB buffer would have held.
+// slowQueue holds datagrams the poller hands to pion: on a relay socket, from
+// peers without a channel (Data indications) and everything for TCP/TLS
+// clients; on a listening socket, everything but channel data (STUN, TURN
+// requests, Send indications). It grows with the backlog (idle allocations
+// cost nothing) up to limit datagrams, about what the socket's own buffer
+// would have held.
 type slowQueue struct {
 	mu     sync.Mutex
 	q      []slowPacket
 	head   int
+	limit  int           // 0: maxSlowBacklog
 	signal chan struct{} // capacity 1: "the queue may have something"
 }
 
-const maxSlowBacklog = 512
+// maxSlowBacklog is a relay socket's (1 MiB buffer); maxListenBacklog a
+// listening socket's, where an allocation storm of thousands of clients
+// queues its requests (pion answers each in tens of µs).
+const (
+	maxSlowBacklog   = 512
+	maxListenBacklog = 8192
+)
 
 func (q *slowQueue) push(b []byte, from netip.AddrPort) bool {
 	q.mu.Lock()
-	if len(q.q)-q.head >= maxSlowBacklog {
+	limit := q.limit
+	if limit == 0 {
+		limit = maxSlowBacklog
+	}
+	if len(q.q)-q.head >= limit {
 		q.mu.Unlock()
 		return false
 	}
@@ -684,7 +712,7 @@ func (br *batchReader) readFrom(b []byte) (int, net.Addr, error) {
 
 // drain is the relayPoller's read of a ready listening socket (fed mode):
 // one recvmmsg; what take leaves goes to pion's queue (dropped when pion is
-// maxSlowBacklog behind, as a full socket would).
+// maxListenBacklog behind, as a full socket would).
 func (br *batchReader) drain(fd int) {
 	n, errno := br.batch.recvmmsg(uintptr(fd))
 	if errno != 0 {

@@ -693,7 +693,14 @@ func (s *Server) eventHandler() turn.EventHandler {
 				s.tcpClients[netx.AddrPortOf(relayAddr)] = client
 			}
 			s.mu.Unlock()
-			s.log.Info("relay: allocation started", "user", userID, "client", client, "transport", protocol, "relay", relayAddr.String())
+			// protocol is the relayed transport (UDP, or TCP for RFC 6062); the
+			// client's own transport shows in its address type (TLS is tcp).
+			clientTransport := "tcp"
+			if _, udp := src.(*net.UDPAddr); udp {
+				clientTransport = "udp"
+			}
+			s.log.Info("relay: allocation started", "user", userID, "client", client, "client_transport", clientTransport,
+				"transport", protocol, "relay", relayAddr.String())
 		},
 		OnPermissionCreated: func(_, _ net.Addr, _, _, _ string, _ net.Addr, _ net.IP) { s.metrics.permissions.Inc() },
 		OnPermissionDeleted: func(_, _ net.Addr, _, _, _ string, _ net.Addr, _ net.IP) { s.metrics.permissions.Dec() },
