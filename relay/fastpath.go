@@ -20,7 +20,7 @@ package relay
 // allocation are handled on one goroutine, like one of coturn's relay
 // threads: handing packets between two goroutines cost a wake-up on another
 // thread per packet and showed in the tail latency (p90 0.95 ms against
-// 0.68 ms merged, 200 clients, docs/benchmarks.md).
+// 0.73 ms merged, 200 clients, docs/benchmarks.md).
 //
 // Everything that is not channel data (STUN, Send and Data indications,
 // datagrams from peers without a channel) still goes through pion, so
