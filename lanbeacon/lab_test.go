@@ -368,9 +368,11 @@ func TestLab(t *testing.T) {
 			waitFor(t, fmt.Sprintf("listener %d to receive all %d datagrams", i+1, sent), 5*time.Second,
 				func() bool { return l.Stats().Received >= sent })
 			st := l.Stats()
-			if st.Accepted+st.Goodbyes != sent || st.Received != sent {
-				t.Errorf("listener %d took %d beacons + %d goodbyes of %d received, announcer sent %d",
-					i+1, st.Accepted, st.Goodbyes, st.Received, sent)
+			// A beacon of the last round that arrives after a goodbye on
+			// another path is counted late, not taken.
+			if st.Accepted+st.Late+st.Goodbyes != sent || st.Received != sent {
+				t.Errorf("listener %d took %d beacons + %d late + %d goodbyes of %d received, announcer sent %d",
+					i+1, st.Accepted, st.Late, st.Goodbyes, st.Received, sent)
 			}
 		}
 		t.Logf("announcer sent %d datagrams; each listener received all of them", sent)

@@ -424,13 +424,7 @@ func (c *relayConn) writeToPeer(b []byte, peer netip.AddrPort) (int, error) {
 // them, if a permission allows).
 func (c *relayConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	if c.pc == nil {
-		p, ok := c.slow.pop(c.done)
-		if !ok {
-			return 0, nil, net.ErrClosed
-		}
-		n := copy(b, (*p.buf)[:p.n])
-		slowBufs.Put(p.buf)
-		return n, p.from, nil
+		return c.slow.readFrom(b, c.done)
 	}
 	for {
 		n, addr, err := c.pc.ReadFrom(b)

@@ -598,6 +598,18 @@ func (q *slowQueue) pop(done <-chan struct{}) (slowPacket, bool) {
 	}
 }
 
+// readFrom is pion's read of a queue: it waits for a datagram until done is
+// closed (net.ErrClosed).
+func (q *slowQueue) readFrom(b []byte, done <-chan struct{}) (int, net.Addr, error) {
+	p, ok := q.pop(done)
+	if !ok {
+		return 0, nil, net.ErrClosed
+	}
+	n := copy(b, (*p.buf)[:p.n])
+	slowBufs.Put(p.buf)
+	return n, p.from, nil
+}
+
 // toPion queues a datagram for pion's read of this relay socket; when pion
 // is that far behind, it is dropped as a full socket would (false).
 func (rc *relayConn) toPion(b []byte, from netip.AddrPort) bool {
@@ -680,13 +692,7 @@ const inboundMTU = 1600
 
 func (br *batchReader) readFrom(b []byte) (int, net.Addr, error) {
 	if br.fed != nil {
-		p, ok := br.fed.pop(br.fedDone)
-		if !ok {
-			return 0, nil, net.ErrClosed
-		}
-		n := copy(b, (*p.buf)[:p.n])
-		slowBufs.Put(p.buf)
-		return n, p.from, nil
+		return br.fed.readFrom(b, br.fedDone)
 	}
 	for {
 		if br.next >= br.n {
