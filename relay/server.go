@@ -307,6 +307,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	for i, c := range udpConns {
 		tcs[i] = newTurnPacketConn(c, s)
 	}
+	pollerOf := make([]*relayPoller, len(udpConns)) // by listening socket; nil: none
 	if s.hostNetwork() {
 		for i, c := range udpConns {
 			fd, ok := listenerFd(c)
@@ -328,6 +329,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 				}
 			}
 			s.pollers = append(s.pollers, p)
+			pollerOf[i] = p
 			go p.run()
 			closers = append(closers, p.stop)
 		}
@@ -342,9 +344,13 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		AllocationLifetime: s.cfg.Lifetime,
 		LoggerFactory:      &slogLoggerFactory{log: s.log},
 	}
-	for _, tc := range tcs {
+	for i, tc := range tcs {
+		// pion keeps one allocation manager per socket, so an allocator of
+		// the socket's own puts the relay socket in that socket's loop: the
+		// client's ChannelData (SO_REUSEPORT hashes its address to this
+		// socket) and the peer's replies are then read by one goroutine.
 		sc.PacketConnConfigs = append(sc.PacketConnConfigs, turn.PacketConnConfig{
-			PacketConn: tc, RelayAddressGenerator: gen, PermissionHandler: s.permit})
+			PacketConn: tc, RelayAddressGenerator: &relayAllocator{s: s, poller: pollerOf[i]}, PermissionHandler: s.permit})
 	}
 	for _, l := range listeners {
 		sc.ListenerConfigs = append(sc.ListenerConfigs, turn.ListenerConfig{
@@ -679,13 +685,19 @@ func (s *Server) eventHandler() turn.EventHandler {
 		},
 		OnAllocationCreated: func(src, _ net.Addr, protocol, userID, _ string, relayAddr net.Addr, _ int) {
 			client := netx.AddrPortOf(src)
+			// protocol is the relayed transport (UDP, or TCP for RFC 6062); the
+			// client's own transport shows in its address type (TLS is tcp).
+			_, udp := src.(*net.UDPAddr)
+			clientTransport := "tcp"
+			if udp {
+				clientTransport = "udp"
+			}
 			s.mu.Lock()
 			s.perIP[client.Addr().Unmap()]++
 			if rc := s.relays[netx.AddrPortOf(relayAddr)]; rc != nil {
 				rc.client.Store(&client)
-				// A TCP/TLS client's ChannelData travels its stream, through pion
-				// (pion labels those allocations "UDP" too, so look at the address).
-				if _, udp := src.(*net.UDPAddr); udp {
+				// A TCP/TLS client's ChannelData travels its stream, through pion.
+				if udp {
 					rc.udpClient.Store(&client)
 					s.clients.put(client, rc)
 				}
@@ -693,12 +705,6 @@ func (s *Server) eventHandler() turn.EventHandler {
 				s.tcpClients[netx.AddrPortOf(relayAddr)] = client
 			}
 			s.mu.Unlock()
-			// protocol is the relayed transport (UDP, or TCP for RFC 6062); the
-			// client's own transport shows in its address type (TLS is tcp).
-			clientTransport := "tcp"
-			if _, udp := src.(*net.UDPAddr); udp {
-				clientTransport = "udp"
-			}
 			s.log.Info("relay: allocation started", "user", userID, "client", client, "client_transport", clientTransport,
 				"transport", protocol, "relay", relayAddr.String())
 		},
@@ -826,7 +832,10 @@ func (s *Server) untrackConn(c *turnConn) {
 
 // relayAllocator is pion's RelayAddressGenerator: it opens relay sockets in
 // the configured port range and wraps them.
-type relayAllocator struct{ s *Server }
+type relayAllocator struct {
+	s      *Server
+	poller *relayPoller // the loop of the listening socket this allocator serves; nil: any (TCP clients)
+}
 
 func (g *relayAllocator) Validate() error { return nil }
 
@@ -902,7 +911,10 @@ func (g *relayAllocator) AllocatePacketConn(conf turn.AllocateListenerConfig) (n
 			rc.local = net.UDPAddrFromAddrPort(netip.AddrPortFrom(bind, port))
 			rc.slow.signal = make(chan struct{}, 1)
 			rc.done = make(chan struct{})
-			rc.poller = s.pollers[int(s.nextPoller.Add(1))%len(s.pollers)]
+			rc.poller = g.poller
+			if rc.poller == nil {
+				rc.poller = s.pollers[int(s.nextPoller.Add(1))%len(s.pollers)]
+			}
 			if err = rc.poller.add(rc); err != nil {
 				unix.Close(rc.fd)
 			}
