@@ -41,23 +41,35 @@ func probe(args []string) {
 			_, _ = echo.WriteToUDP(buf[:n], from)
 		}
 	}()
-	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		die(err)
-	}
-	client, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: *server, TURNServerAddr: *server,
-		Conn: conn, Username: *user, Password: *pass, Realm: "rendezvous"})
-	if err != nil {
-		die(err)
-	}
-	if err := client.Listen(); err != nil {
-		die(err)
+	// turnutils_uclient leaves allocations behind on ports it has closed; when
+	// the kernel hands such a port to the probe, the server rightly answers
+	// 437 (Allocation Mismatch), and the probe tries again from another port.
+	var client *turn.Client
+	var relayConn net.PacketConn
+	for attempt := 1; ; attempt++ {
+		conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			die(err)
+		}
+		client, err = turn.NewClient(&turn.ClientConfig{STUNServerAddr: *server, TURNServerAddr: *server,
+			Conn: conn, Username: *user, Password: *pass, Realm: "rendezvous"})
+		if err != nil {
+			die(err)
+		}
+		if err := client.Listen(); err != nil {
+			die(err)
+		}
+		relayConn, err = client.Allocate()
+		if err == nil {
+			break
+		}
+		client.Close()
+		conn.Close()
+		if attempt == 3 {
+			die(err)
+		}
 	}
 	defer client.Close()
-	relayConn, err := client.Allocate()
-	if err != nil {
-		die(err)
-	}
 	defer relayConn.Close()
 
 	start := time.Now()
