@@ -35,6 +35,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -400,6 +401,7 @@ func (p *relayPoller) run() {
 	events := make([]unix.EpollEvent, pollBatch)
 	var n int
 	var werr error
+	var parked bool
 	// Before parking, look again a few times: under load the next datagram
 	// is microseconds away, and a park and netpoller wake-up cost more than
 	// that and showed in the tail (300 clients: probe RTT p99 2.69 -> 2.44 ms,
@@ -418,11 +420,36 @@ func (p *relayPoller) run() {
 				return true
 			}
 		}
-		n, werr = 0, nil
+		n, werr, parked = 0, nil, true
 		return false
 	}
+	// A loop woken from the netpoller runs on the thread that was blocked in
+	// it, and the runtime does not put another idle thread there: until this
+	// round ends, the other loops' sockets (and pion's) become ready with no
+	// thread watching, and wait for this loop to park again, though a CPU is
+	// idle. Readying a goroutine makes the runtime wake an idle thread for it
+	// (runtime.wakep), which then takes over the netpoller. At 300 clients,
+	// relay-socket datagrams that waited over 2 ms before the loop read them
+	// (kernel receive timestamp to read) went from 0.96-0.98% to 0.42-0.75%,
+	// and probe RTT p99.9 from 7.8 to 5.1 ms (p99 unchanged), for ~2% CPU.
+	var nudge chan struct{}
+	if runtime.GOMAXPROCS(0) > 1 {
+		nudge = make(chan struct{}, 1)
+		defer close(nudge)
+		go func() {
+			for range nudge {
+			}
+		}()
+	}
 	for {
+		parked = false
 		err := p.raw.Read(wait)
+		if parked && nudge != nil {
+			select {
+			case nudge <- struct{}{}:
+			default:
+			}
+		}
 		if err == nil {
 			err = werr
 		}

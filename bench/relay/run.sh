@@ -85,6 +85,10 @@ stop_server() { # the server is not our child (started in a subshell): poll unti
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
+# Receive-buffer drops counted on the UDP sockets an ss filter selects (the
+# kernel's per-socket sk_drops), to tell whose socket overflowed.
+sock_drops() { ss -uanmH "$@" | grep -o ',d[0-9]*)' | tr -dc '0-9\n' | awk '{s += $1} END {print s + 0}'; }
+
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
@@ -100,6 +104,7 @@ for round in $(seq "$ROUNDS"); do
 			n=$((200 * SECONDS_PER_RUN))
 			c0=$(cpu_ticks "$pid")
 			drops0=$(awk '/^Udp:/{getline; print $6; exit}' /proc/net/snmp)
+			peer0=$(sock_drops "sport = :$PEER_PORT")
 			turnutils_uclient -c -m "$clients" -z 5 -l 200 -n "$n" -e 127.0.0.1 -r "$PEER_PORT" \
 				-L 127.0.0.1 -u bench -w bench -p "$PORT" $SERVER_IP >"$WORK/uc.out" 2>&1 &
 			ucpid=$!
@@ -113,11 +118,16 @@ for round in $(seq "$ROUNDS"); do
 			wait $ucpid || true
 			c1=$(cpu_ticks "$pid")
 			drops1=$(awk '/^Udp:/{getline; print $6; exit}' /proc/net/snmp)
+			# The server's sockets live until it stops, the peer's all along;
+			# the rest of the drops were on the clients' (or closed relay) sockets.
+			server_drops=$(sock_drops src $SERVER_IP)
+			peer_drops=$(($(sock_drops "sport = :$PEER_PORT") - peer0))
 			rss=$(awk '/VmHWM/{print $2}' "/proc/$pid/status")
 			stop_server "$pid"
 			hz=$(getconf CLK_TCK)
 			awk -v server=$server -v clients=$clients -v round=$round -v cpu=$((c1 - c0)) -v hz="$hz" \
-				-v rss="$rss" -v drops=$((drops1 - drops0)) -v probe="$(cat "$WORK/probe.out")" '
+				-v rss="$rss" -v drops=$((drops1 - drops0)) \
+				-v sdrops="$server_drops" -v pdrops="$peer_drops" -v probe="$(cat "$WORK/probe.out")" '
 				/start_mclient: msz=/ {
 					match($0, /tot_send_msgs=[0-9]+/); sn = substr($0, RSTART+14, RLENGTH-14) + 0
 					match($0, /tot_recv_msgs=[0-9]+/); r = substr($0, RSTART+14, RLENGTH-14) + 0
@@ -132,7 +142,8 @@ for round in $(seq "$ROUNDS"); do
 					split(probe, p, /[ =]/); p50 = p99 = "-"
 					for (i in p) { if (p[i] == "p50_ms") p50 = p[i+1]; if (p[i] == "p99_ms") p99 = p[i+1] }
 					us = sent ? cpu / hz * 1e6 / sent : 0
-					printf "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.1f\t%.1f\t%d\n", server, clients, round, rate, loss, p50, p99, us, rss / 1024, drops
+					cdrops = drops - sdrops - pdrops; if (cdrops < 0) cdrops = 0
+					printf "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.1f\t%.1f\t%d\t%d\t%d\t%d\n", server, clients, round, rate, loss, p50, p99, us, rss / 1024, drops, sdrops, pdrops, cdrops
 				}' "$WORK/uc.out" >>"$RESULTS"
 			tail -1 "$RESULTS" >&2
 		done
@@ -170,7 +181,7 @@ TABLE=$(sort -k2,2n -k1,1 "$RESULTS" | awk -F'\t' -v pooled="$POOLED" '
 			printf "| %d | %s | %.0f | %.2f | %s | %s | %s | %.1f | %.1f | %d |\n", kk[1], kk[2], m[1], m[2], Q50[key], Q90[key], Q99[key], m[5], m[6], m[7]
 		}
 	}')
-RAW=$(awk -F'\t' '{printf "%s %s clients round %s: %s msg/s, loss %s%%, p50 %s ms, p99 %s ms, %s µs/msg, %s MiB, %s drops\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}' "$RESULTS")
+RAW=$(awk -F'\t' '{printf "%s %s clients round %s: %s msg/s, loss %s%%, p50 %s ms, p99 %s ms, %s µs/msg, %s MiB, %s drops (server %s, peer %s, clients %s)\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13}' "$RESULTS")
 
 SECTION=$(cat <<EOF
 <!-- relay-benchmark:begin -->
