@@ -41,6 +41,9 @@ if ! command -v turnutils_uclient >/dev/null || ! command -v turnserver >/dev/nu
 		echo "needs coturn (apt-get install coturn)" >&2; exit 1
 	fi
 fi
+# sudo resets PATH; look where the Go installer puts it.
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
+command -v go >/dev/null || { echo "needs go on PATH (sudo resets it: sudo env PATH=\"\$PATH\" $0)" >&2; exit 1; }
 go build -o "$WORK/relaybench" ./bench/relay/
 COTURN_VERSION=$(dpkg-query -W -f='${Version}' coturn 2>/dev/null || echo unknown)
 
