@@ -149,6 +149,13 @@ for round in $(seq "$ROUNDS"); do
 					printf "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.1f\t%.1f\t%d\t%d\t%d\t%d\n", server, clients, round, rate, loss, p50, p99, us, rss / 1024, drops, sdrops, pdrops, cdrops
 				}' "$WORK/uc.out" >>"$RESULTS"
 			tail -1 "$RESULTS" >&2
+			# A run whose load tool failed (it gives up on some errors) has no loss
+			# figure; its probe ran without load, so its samples are left out too.
+			if [ -z "$(tail -1 "$RESULTS" | cut -f5)" ]; then
+				echo "turnutils_uclient failed; run left out:" >&2
+				tail -3 "$WORK/uc.out" >&2
+				rm -f "$WORK/rtt.$server.$clients.$round"
+			fi
 		done
 	done
 done
