@@ -21,7 +21,7 @@ type metrics struct {
 	packetsToPeer, packetsFromPeer prometheus.Counter
 	droppedBandwidth               prometheus.Counter
 	droppedOwnAddress              prometheus.Counter
-	droppedBacklog                 prometheus.Counter // pion's read of a relay socket too far behind
+	droppedBacklog                 prometheus.Counter // pion's read of a relay or listening socket too far behind
 	droppedSendFailed              prometheus.Counter // the kernel refused the send (full buffer, ICMP error)
 }
 

@@ -87,6 +87,8 @@ stop_server() { # the server is not our child (started in a subshell): poll unti
 }
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# UDP receive-buffer errors of the whole host (RcvbufErrors in /proc/net/snmp).
+rcvbuf_errors() { awk '/^Udp:/{getline; print $6; exit}' /proc/net/snmp; }
 
 # Receive-buffer drops counted on the UDP sockets an ss filter selects (the
 # kernel's per-socket sk_drops), to tell whose socket overflowed.
@@ -106,7 +108,7 @@ for round in $(seq "$ROUNDS"); do
 			sleep 0.5
 			n=$((200 * SECONDS_PER_RUN))
 			c0=$(cpu_ticks "$pid")
-			drops0=$(awk '/^Udp:/{getline; print $6; exit}' /proc/net/snmp)
+			drops0=$(rcvbuf_errors)
 			peer0=$(sock_drops "sport = :$PEER_PORT")
 			turnutils_uclient -c -m "$clients" -z 5 -l 200 -n "$n" -e 127.0.0.1 -r "$PEER_PORT" \
 				-L 127.0.0.1 -u bench -w bench -p "$PORT" $SERVER_IP >"$WORK/uc.out" 2>&1 &
@@ -120,7 +122,7 @@ for round in $(seq "$ROUNDS"); do
 				-samples "$WORK/rtt.$server.$clients.$round" >"$WORK/probe.out" 2>&1 || true
 			wait $ucpid || true
 			c1=$(cpu_ticks "$pid")
-			drops1=$(awk '/^Udp:/{getline; print $6; exit}' /proc/net/snmp)
+			drops1=$(rcvbuf_errors)
 			# The server's sockets live until it stops, the peer's all along;
 			# the rest of the drops were on the clients' (or closed relay) sockets.
 			server_drops=$(sock_drops src $SERVER_IP)
