@@ -1,6 +1,7 @@
 // Command relaybench runs rendezvous' TURN relay (package relay) from flags,
 // for the A/B benchmark against coturn in bench/relay/run.sh, and with
-// "probe" measures round-trip times through any TURN server. It does not
+// "probe" measures round-trip times through any TURN server, and with
+// "pooled" summarises the probes of a run.sh run. It does not
 // depend on cmd/rendezvous.
 package main
 
@@ -19,9 +20,15 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "probe" {
-		probe(os.Args[2:])
-		return
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "probe":
+			probe(os.Args[2:])
+			return
+		case "pooled":
+			pooled(os.Args[2:])
+			return
+		}
 	}
 	cfg := relay.DefaultConfig()
 	flag.StringVar(&cfg.Listen, "listen", "127.0.0.1:3478", "STUN/TURN UDP+TCP address")

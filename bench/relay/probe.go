@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
@@ -13,15 +14,22 @@ import (
 )
 
 // probe measures round-trip times through a TURN server while a load runs:
-// it allocates with pion's client, sends a timestamped packet every interval
-// to an echo socket of its own on 127.0.0.1, and prints loss, p50 and p99.
+// it allocates with pion's client, sends timestamped packets to an echo
+// socket of its own on 127.0.0.1, and prints loss, p50 and p99.
+//
+// The gaps between probes are random (exponential, mean interval): the load
+// (turnutils_uclient) sends in bursts every 5 ms, and a probe on a fixed
+// 10 ms tick keeps one phase of that cycle for a whole run, so one run's
+// percentiles said where its tick happened to fall, not how the server
+// does (per-run p99 of one server moved by ±20%). Poisson arrivals see every
+// phase alike.
 func probe(args []string) {
 	fs := flag.NewFlagSet("probe", flag.ExitOnError)
 	server := fs.String("server", "127.0.0.2:3478", "TURN server")
 	user := fs.String("user", "bench", "user")
 	pass := fs.String("password", "bench", "password")
 	duration := fs.Duration("duration", 10*time.Second, "how long to probe")
-	interval := fs.Duration("interval", 10*time.Millisecond, "packet interval")
+	interval := fs.Duration("interval", 10*time.Millisecond, "mean gap between packets (exponential)")
 	samples := fs.String("samples", "", "also write every RTT (µs, one per line) to this file")
 	_ = fs.Parse(args)
 
@@ -91,15 +99,15 @@ func probe(args []string) {
 		}
 	}()
 	payload := make([]byte, 200)
-	tick := time.NewTicker(*interval)
+	next := time.Now()
 	for time.Since(start) < *duration {
-		<-tick.C
+		next = next.Add(time.Duration(rand.ExpFloat64() * float64(*interval)))
+		time.Sleep(time.Until(next))
 		binary.BigEndian.PutUint64(payload, uint64(time.Now().UnixNano()))
 		if _, err := relayConn.WriteTo(payload, echo.LocalAddr()); err == nil {
 			sent++
 		}
 	}
-	tick.Stop()
 	<-done
 	slices.Sort(rtts)
 	if *samples != "" {

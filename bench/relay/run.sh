@@ -12,8 +12,8 @@
 # peer and back). Achieved rate is read from uclient's per-second progress
 # lines (it ramps clients in and rarely reaches the offered rate): messages received
 # back per second in which the clients were sending. RTT
-# percentiles come from a probe client (relaybench probe, 100 msg/s) running
-# during the load plateau. CPU is utime+stime of the server process over the
+# percentiles come from a probe client (relaybench probe, 500 msg/s at random
+# gaps) running during the load plateau. CPU is utime+stime of the server process over the
 # uclient run, divided by client messages sent. Peak RSS is VmHWM.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -118,7 +118,7 @@ for round in $(seq "$ROUNDS"); do
 				grep -q 'tot_send_msgs=[1-9]' "$WORK/uc.out" && break
 				sleep 0.1
 			done
-			"$WORK/relaybench" probe -server $SERVER_IP:$PORT -duration $((SECONDS_PER_RUN * 2 / 3))s \
+			"$WORK/relaybench" probe -server $SERVER_IP:$PORT -interval 2ms -duration $((SECONDS_PER_RUN * 2 / 3))s \
 				-samples "$WORK/rtt.$server.$clients.$round" >"$WORK/probe.out" 2>&1 || true
 			wait $ucpid || true
 			c1=$(cpu_ticks "$pid")
@@ -162,35 +162,29 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 
-# Probe RTT percentiles pooled over every round's samples (one round's p99
-# rests on its ~15 slowest of ~1000 probes; pooled, on all rounds').
+# Probe RTT percentiles pooled over every round's samples, and the relay's
+# p99 against coturn's with a paired bootstrap interval (relaybench pooled).
 POOLED=$WORK/pooled.tsv
-: >"$POOLED"
-for clients in $CLIENTS; do
-	for server in coturn rendezvous; do
-		cat "$WORK"/rtt.$server.$clients.* 2>/dev/null | sort -n | awk -v key="$clients\t$server" '
-			{ a[NR] = $1 }
-			END { if (NR) printf "%s\t%.2f\t%.2f\t%.2f\n", key, a[int((NR - 1) * 0.5) + 1] / 1000, a[int((NR - 1) * 0.9) + 1] / 1000, a[int((NR - 1) * 0.99) + 1] / 1000 }' >>"$POOLED"
-	done
-done
+"$WORK/relaybench" pooled "$WORK" >"$POOLED"
 
 # Median over rounds per server and load; RTT pooled.
 TABLE=$(sort -k2,2n -k1,1 "$RESULTS" | awk -F'\t' -v pooled="$POOLED" '
-	BEGIN { while ((getline line < pooled) > 0) { split(line, q, "\t"); Q50[q[1] "\t" q[2]] = q[3]; Q90[q[1] "\t" q[2]] = q[4]; Q99[q[1] "\t" q[2]] = q[5] } }
+	BEGIN { while ((getline line < pooled) > 0) { split(line, q, "\t"); k = q[1] "\t" q[2]; Q50[k] = q[3]; Q90[k] = q[4]; Q99[k] = q[5]
+		VS[k] = q[2] == "coturn" ? "—" : q[6] == "-" ? "-" : q[7] == "-" || q[7] == 0 ? q[6] : q[6] " (" q[7] "–" q[8] ")" } }
 	$5 == "" { next } # a run whose client failed
 
 	function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }; return a[int((n + 1) / 2)] }
 	{ key = $2 "\t" $1; n[key]++; i = n[key]; R[key, i] = $4; L[key, i] = $5; P5[key, i] = $6; P9[key, i] = $7; U[key, i] = $8; M[key, i] = $9; D[key, i] = $10
 	  if (!(key in seen)) { seen[key] = 1; order[++k] = key } }
 	END {
-		print "| clients × 200 msg/s offered | server | achieved msg/s | loss % | probe RTT p50 ms | p90 ms | p99 ms | server CPU µs/msg | peak RSS MiB | kernel rcvbuf drops |"
-		print "|---|---|---|---|---|---|---|---|---|---|"
+		print "| clients × 200 msg/s offered | server | achieved msg/s | loss % | probe RTT p50 ms | p90 ms | p99 ms | p99 ÷ coturn (90% interval) | server CPU µs/msg | peak RSS MiB | kernel rcvbuf drops |"
+		print "|---|---|---|---|---|---|---|---|---|---|---|"
 		for (x = 1; x <= k; x++) {
 			key = order[x]; split(key, kk, "\t"); c = n[key]
 			for (f = 1; f <= 7; f++) for (i = 1; i <= c; i++) {
 				v = (f == 1 ? R[key, i] : f == 2 ? L[key, i] : f == 3 ? P5[key, i] : f == 4 ? P9[key, i] : f == 5 ? U[key, i] : f == 6 ? M[key, i] : D[key, i]); a[f, i] = v }
 			for (f = 1; f <= 7; f++) { for (i = 1; i <= c; i++) b[i] = a[f, i] + 0; m[f] = med(b, c) }
-			printf "| %d | %s | %.0f | %.2f | %s | %s | %s | %.1f | %.1f | %d |\n", kk[1], kk[2], m[1], m[2], Q50[key], Q90[key], Q99[key], m[5], m[6], m[7]
+			printf "| %d | %s | %.0f | %.2f | %s | %s | %s | %s | %.1f | %.1f | %d |\n", kk[1], kk[2], m[1], m[2], Q50[key], Q90[key], Q99[key], VS[key], m[5], m[6], m[7]
 		}
 	}')
 RAW=$(awk -F'\t' '{printf "%s %s clients round %s: %s msg/s, loss %s%%, p50 %s ms, p99 %s ms, %s µs/msg, %s MiB, %s drops (server %s, peer %s, clients %s)\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13}' "$RESULTS")
@@ -205,9 +199,11 @@ rendezvous relay with its default read sockets (one per CPU: $(nproc)) and 8 MiB
 
 Load: \`turnutils_uclient -c -m CLIENTS -z 5 -l 200 -n $((200 * SECONDS_PER_RUN))\` to \`turnutils_peer\` (echo),
 servers alternating first/second each round; medians of $ROUNDS rounds. A message is one client message, relayed
-twice (client → peer → client). RTT from a 100 msg/s probe client while the load runs, percentiles over the
-probes of all rounds (each run's own p50/p99 are in "Every run"). The machine is
-shared, so absolute numbers move between runs; compare the two rows of one load.
+twice (client → peer → client). RTT from a probe client sending 500 msg/s at random (exponential) gaps while
+the load runs, percentiles over the probes of all rounds (each run's own p50/p99 are in "Every run"). "p99 ÷
+coturn" is the relay's pooled p99 over coturn's, with a 90% interval from a paired bootstrap over rounds
+(\`relaybench pooled\`): an interval that holds 1 is a tie. The machine is shared, so absolute numbers move
+between runs; compare the two rows of one load.
 
 $TABLE
 
