@@ -169,8 +169,8 @@ POOLED=$WORK/pooled.tsv
 
 # Median over rounds per server and load; RTT pooled.
 TABLE=$(sort -k2,2n -k1,1 "$RESULTS" | awk -F'\t' -v pooled="$POOLED" '
-	BEGIN { while ((getline line < pooled) > 0) { split(line, q, "\t"); k = q[1] "\t" q[2]; Q50[k] = q[3]; Q90[k] = q[4]; Q99[k] = q[5]
-		VS[k] = q[2] == "coturn" ? "—" : q[6] == "-" ? "-" : q[7] == "-" || q[7] == 0 ? q[6] : q[6] " (" q[7] "–" q[8] ")" } }
+	BEGIN { while ((getline line < pooled) > 0) { split(line, q, "\t"); pk = q[1] "\t" q[2]; Q50[pk] = q[3]; Q90[pk] = q[4]; Q99[pk] = q[5]
+		VS[pk] = q[2] == "coturn" ? "—" : q[6] == "-" ? "-" : q[7] == "-" || q[7] == 0 ? q[6] : q[6] " (" q[7] "–" q[8] ")" } }
 	$5 == "" { next } # a run whose client failed
 
 	function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }; return a[int((n + 1) / 2)] }
