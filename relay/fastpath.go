@@ -447,7 +447,7 @@ type fromPeer struct{ packets, bytes, dropped, backlog, failed uint64 }
 // drain starts new ones and costs a sendto per datagram (up to batchSize).
 // In epoll's order a reply read early in a round waited in the send batch
 // behind a whole drain; during the load's bursts that put probe RTT p99 at
-// 200 clients 25% above coturn's, against 2% with replies first
+// 200 clients 25% above coturn's, against 2% with replies first on a quiet host
 // (docs/benchmarks.md).
 func (p *relayPoller) round(events []unix.EpollEvent) bool {
 	var st fromPeer
