@@ -267,7 +267,7 @@ type relayPoller struct {
 	sendFd int             // a listening socket (all share address and port)
 	v6     bool
 
-	mu      sync.Mutex // held while a round's events are handled; Close takes it to unregister
+	mu      sync.Mutex // held while a round reads its relay sockets; Close takes it to unregister
 	stopped bool       // epfd is closed
 	slots   []*relayConn
 	free    []uint32

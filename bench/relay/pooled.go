@@ -40,6 +40,7 @@ func pooled(args []string) {
 	}
 	for _, load := range runs.loads() {
 		base := runs[sampleKey{"coturn", load}]
+		baseP99 := ms(pool(base, nil), 0.99)
 		for _, server := range runs.servers(load) {
 			rounds := runs[sampleKey{server, load}]
 			all := pool(rounds, nil)
@@ -50,7 +51,7 @@ func pooled(args []string) {
 			case base == nil:
 				line += "\t-\t-\t-"
 			default:
-				ratio := ms(all, 0.99) / ms(pool(base, nil), 0.99)
+				ratio := ms(all, 0.99) / baseP99
 				low, high := bootstrapRatio(rounds, base, *reps)
 				line += fmt.Sprintf("\t%.2f\t%.2f\t%.2f", ratio, low, high)
 			}

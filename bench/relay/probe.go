@@ -20,9 +20,10 @@ import (
 // The gaps between probes are random (exponential, mean interval): the load
 // (turnutils_uclient) sends in bursts every 5 ms, and a probe on a fixed
 // 10 ms tick keeps one phase of that cycle for a whole run, so one run's
-// percentiles said where its tick happened to fall, not how the server
-// does (per-run p99 of one server moved by ±20%). Poisson arrivals see every
-// phase alike.
+// percentiles partly said where its tick happened to fall, not how the
+// server does. Poisson arrivals see every phase alike. One run's p99 still
+// moves by ±20% between runs; relaybench pooled says how far to trust the
+// pooled one.
 func probe(args []string) {
 	fs := flag.NewFlagSet("probe", flag.ExitOnError)
 	server := fs.String("server", "127.0.0.2:3478", "TURN server")
@@ -110,20 +111,24 @@ func probe(args []string) {
 	}
 	<-done
 	slices.Sort(rtts)
+	us := make([]int, len(rtts))
+	for i, r := range rtts {
+		us[i] = int(r.Microseconds())
+	}
 	if *samples != "" {
 		var b []byte
-		for _, r := range rtts {
-			b = fmt.Appendf(b, "%d\n", r.Microseconds())
+		for _, v := range us {
+			b = fmt.Appendf(b, "%d\n", v)
 		}
 		if err := os.WriteFile(*samples, b, 0o644); err != nil {
 			die(err)
 		}
 	}
-	pct := func(p float64) float64 {
-		if len(rtts) == 0 {
+	pct := func(q float64) float64 {
+		if len(us) == 0 {
 			return -1
 		}
-		return float64(rtts[int(p*float64(len(rtts)-1))].Microseconds()) / 1000
+		return ms(us, q)
 	}
 	fmt.Printf("probe sent=%d received=%d p50_ms=%.2f p99_ms=%.2f\n", sent, len(rtts), pct(0.5), pct(0.99))
 }
