@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pion/logging"
+	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
 
 	"github.com/rendezvous-p2p/rendezvous/signaling/client"
@@ -297,7 +298,32 @@ func parseTURNURL(raw string) (relayTransport, string, error) {
 	return 0, "", fmt.Errorf("punch: unsupported TURN URL %q", raw)
 }
 
-func allocate(ctx context.Context, tr relayTransport, s RelayServer, opts RelayOptions, log interface{ Debug(string, ...any) }) (*allocation, error) {
+// maxAllocateAttempts bounds the UDP allocations tried from new ports after
+// 437 (Allocation Mismatch). A server answers 437 when the client's 5-tuple
+// still has an allocation: the OS gave the TURN socket a port that a client
+// killed earlier used, within that allocation's lifetime (up to an hour).
+// Only another 5-tuple helps, so a UDP allocation starts over on a new socket;
+// TCP and TLS get a new 5-tuple with every connection anyway.
+const maxAllocateAttempts = 3
+
+type debugLogger interface{ Debug(string, ...any) }
+
+func allocate(ctx context.Context, tr relayTransport, s RelayServer, opts RelayOptions, log debugLogger) (*allocation, error) {
+	for attempt := 1; ; attempt++ {
+		a, err := allocateOnce(ctx, tr, s, opts, log)
+		if err == nil || tr != relayUDP || attempt == maxAllocateAttempts || !isAllocationMismatch(err) {
+			return a, err
+		}
+		log.Debug("TURN allocation mismatch (437): trying from another port", "server", s.URL, "attempt", attempt)
+	}
+}
+
+func isAllocationMismatch(err error) bool {
+	var te *stun.TurnError
+	return errors.As(err, &te) && te.ErrorCodeAttr.Code == stun.CodeAllocMismatch
+}
+
+func allocateOnce(ctx context.Context, tr relayTransport, s RelayServer, opts RelayOptions, log debugLogger) (*allocation, error) {
 	_, hostport, err := parseTURNURL(s.URL)
 	if err != nil {
 		return nil, err

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/turn/v5"
+
 	"github.com/rendezvous-p2p/rendezvous/relay"
 )
 
@@ -469,5 +471,69 @@ func waitPathEvent(t *testing.T, s *Session, want func(PathEvent) bool, within t
 		case <-tm.C:
 			t.Fatalf("no such path switch within %v (path now %+v)", within, s.Path())
 		}
+	}
+}
+
+// A TURN client killed without deallocating leaves its allocation on the
+// server. When the OS hands its port to a new client within that
+// allocation's lifetime, the server answers 437 (Allocation Mismatch), and
+// the new client must start over from another port rather than give up.
+func TestAllocateRetriesFromAnotherPortAfterMismatch(t *testing.T) {
+	r := startTestRelay(t)
+	udp := r.servers[0]
+	_, hostport, err := parseTURNURL(udp.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: hostport, TURNServerAddr: hostport,
+		Username: udp.Username, Password: udp.Credential, Conn: dead, LoggerFactory: quietLogger{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	relayed, err := cl.Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := dead.LocalAddr().String()
+	dead.Close() // killed: the Refresh with lifetime 0 below never reaches the server
+	relayed.Close()
+	cl.Close()
+
+	var opened []string
+	opts := RelayOptions{ListenPacket: func(ctx context.Context, network, addr string) (net.PacketConn, error) {
+		if len(opened) == 0 {
+			addr = stale // the OS reuses the dead client's port
+		}
+		c, err := net.ListenPacket(network, addr)
+		if err == nil {
+			opened = append(opened, c.LocalAddr().String())
+		}
+		return c, err
+	}}
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := NewIdentity()
+	e, err := NewEndpoint(conn, id, testConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rc, err := e.AllocateRelays(ctx, []RelayServer{udp}, opts)
+	if err != nil || len(rc) != 1 || rc[0].Kind != Relayed {
+		t.Fatalf("allocation after a mismatch: %v, %v (sockets %v)", rc, err, opened)
+	}
+	if len(opened) != 2 || opened[0] != stale || opened[1] == stale {
+		t.Fatalf("sockets opened %v; want the stale port %s, then another", opened, stale)
 	}
 }
