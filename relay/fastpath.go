@@ -492,6 +492,7 @@ func (p *relayPoller) round(events []unix.EpollEvent) bool {
 		client := rc.udpClient.Load()
 		number, ok := rc.chans().byPeer(from)
 		if !ok || client == nil {
+			p.countFromPeer(&st) // before pion can deliver it (the slow path: no batch to save)
 			if !rc.toPion(buf[channelHdr:channelHdr+n], from) {
 				st.backlog++
 			}
@@ -508,22 +509,19 @@ func (p *relayPoller) round(events []unix.EpollEvent) bool {
 		p.out.msgs[out].hdr.Namelen = p.out.addrs[out].set(*client, p.v6)
 		out++
 		if out == len(p.out.msgs) {
-			st.failed += uint64(p.out.sendmmsg(p.sendFd, out))
+			p.sendReplies(&st, out)
 			out = 0
 		}
 	}
 	p.mu.Unlock()
 	if out > 0 {
-		st.failed += uint64(p.out.sendmmsg(p.sendFd, out))
+		p.sendReplies(&st, out)
 	}
 	if listenReady {
 		p.listen.drain(p.sendFd)
 	}
+	p.countFromPeer(&st)
 	m := p.s.metrics
-	if st.packets > 0 {
-		m.packetsFromPeer.Add(float64(st.packets))
-		m.bytesFromPeer.Add(float64(st.bytes))
-	}
 	if st.dropped > 0 {
 		m.droppedBandwidth.Add(float64(st.dropped))
 	}
@@ -534,6 +532,24 @@ func (p *relayPoller) round(events []unix.EpollEvent) bool {
 		m.droppedSendFailed.Add(float64(st.failed))
 	}
 	return true
+}
+
+// sendReplies sends the first out datagrams of the send batch to their
+// clients, counting the round's datagrams from peers first: a client that
+// holds a reply finds it in packets_total{from_peer}.
+func (p *relayPoller) sendReplies(st *fromPeer, out int) {
+	p.countFromPeer(st)
+	st.failed += uint64(p.out.sendmmsg(p.sendFd, out))
+}
+
+// countFromPeer adds the datagrams from peers counted in st so far to the metrics.
+func (p *relayPoller) countFromPeer(st *fromPeer) {
+	if st.packets == 0 {
+		return
+	}
+	p.s.metrics.packetsFromPeer.Add(float64(st.packets))
+	p.s.metrics.bytesFromPeer.Add(float64(st.bytes))
+	st.packets, st.bytes = 0, 0
 }
 
 // slowPacket is a datagram for pion's read of a relay socket.
