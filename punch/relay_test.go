@@ -124,6 +124,11 @@ func (c *cuttable) WriteTo(b []byte, to net.Addr) (int, error) {
 // relayPeer is an endpoint on a cuttable loopback socket with TURN allocations.
 func relayPeer(t *testing.T, r testRelay, servers ...RelayServer) (*Endpoint, *cuttable, []Candidate) {
 	t.Helper()
+	return relayPeerWith(t, RelayOptions{RootCAs: r.ca}, servers...)
+}
+
+func relayPeerWith(t *testing.T, opts RelayOptions, servers ...RelayServer) (*Endpoint, *cuttable, []Candidate) {
+	t.Helper()
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +142,7 @@ func relayPeer(t *testing.T, r testRelay, servers ...RelayServer) (*Endpoint, *c
 	t.Cleanup(func() { e.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rc, err := e.AllocateRelays(ctx, servers, RelayOptions{RootCAs: r.ca})
+	rc, err := e.AllocateRelays(ctx, servers, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -517,21 +522,9 @@ func TestAllocateRetriesFromAnotherPortAfterMismatch(t *testing.T) {
 		}
 		return c, err
 	}}
-	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := NewIdentity()
-	e, err := NewEndpoint(conn, id, testConfig(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rc, err := e.AllocateRelays(ctx, []RelayServer{udp}, opts)
-	if err != nil || len(rc) != 1 || rc[0].Kind != Relayed {
-		t.Fatalf("allocation after a mismatch: %v, %v (sockets %v)", rc, err, opened)
+	_, _, rc := relayPeerWith(t, opts, udp)
+	if len(rc) != 1 || rc[0].Kind != Relayed {
+		t.Fatalf("allocation after a mismatch: %v (sockets %v)", rc, opened)
 	}
 	if len(opened) != 2 || opened[0] != stale || opened[1] == stale {
 		t.Fatalf("sockets opened %v; want the stale port %s, then another", opened, stale)
