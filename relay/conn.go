@@ -290,15 +290,16 @@ func (c *turnConn) Close() error {
 type relayConn struct {
 	pc net.PacketConn // the socket on another Network; nil on the fast path
 
-	fd     int // the socket on the fast path
-	v6     bool
-	local  *net.UDPAddr
-	poller *relayPoller
-	slot   uint32
-	fdMu   sync.RWMutex // sends hold it shared; Close exclusively, so no send hits a reused descriptor
-	closed bool
-	slow   slowQueue // datagrams for pion's ReadFrom (no channel: Data indications; TCP clients)
-	done   chan struct{}
+	fd       int // the socket on the fast path
+	clientFd int // the UDP client's own connected socket on the fast path (poller.mu); -1: none
+	v6       bool
+	local    *net.UDPAddr
+	poller   *relayPoller // the loop that reads its sockets; a UDP client's is its listening socket's, whose pion holds the allocation
+	slot     uint32
+	fdMu     sync.RWMutex // sends hold it shared; Close exclusively, so no send hits a reused descriptor
+	closed   bool
+	slow     slowQueue // datagrams for pion's ReadFrom (no channel: Data indications; TCP clients)
+	done     chan struct{}
 
 	s         *Server
 	userID    string

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/pion/stun/v4"
+
+	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 )
 
 func channelData(number uint16, payload []byte) []byte {
@@ -151,4 +154,83 @@ func TestBandwidthLimitChannelData(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openFds counts this process's open file descriptors.
+func openFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(ents)
+}
+
+// Every UDP client gets a socket of its own (connected to it) in one of the
+// event loops, possibly not the loop of the listening socket the kernel
+// hashes its address to, whose pion holds its allocation. Many clients at
+// once: each one's channel data goes both ways, and its requests (Refresh,
+// CreatePermission, ChannelBind), which now arrive on its own socket, reach
+// the pion that holds its allocation. When the allocations end, the relay
+// holds no descriptor for them.
+func TestManyUDPClientsOwnSockets(t *testing.T) {
+	const clients = 16
+	r := startRelay(t, func(c *Config) {
+		c.AllowPeers = []string{"127.0.0.1/32"}
+		c.UserQuota = clients
+	})
+	peer := udpPeer(t, "127.0.0.1")
+	peerAP := netx.AddrPortOf(peer.LocalAddr())
+	const ch = 0x4001
+	cs := make([]*rawClient, clients)
+	for i := range cs {
+		cs[i] = dialRaw(t, r, "udp")
+	}
+	baseline := openFds(t)
+	relays := make([]netip.AddrPort, clients)
+	for i := range cs {
+		relays[i] = mustAllocate(t, cs[i], "alice", "alice-pw")
+		if code, reason := errorCode(t, cs[i].do(stun.MethodChannelBind, channelAttr(ch), peerAttr(peerAP))); code != 0 {
+			t.Fatalf("client %d: ChannelBind: %d %s", i, code, reason)
+		}
+	}
+	for i, c := range cs {
+		msg := []byte(fmt.Sprintf("from client %d", i))
+		c.send(channelData(ch, msg))
+		got, from := readPeer(t, peer)
+		if !bytes.Equal(got, msg) || from != relays[i] {
+			t.Fatalf("peer got %q from %v, want %q from %v", got, from, msg, relays[i])
+		}
+		reply := []byte(fmt.Sprintf("to client %d", i))
+		if _, err := peer.WriteToUDPAddrPort(reply, relays[i]); err != nil {
+			t.Fatal(err)
+		}
+		if number, back := c.recvChannelData(); number != ch || !bytes.Equal(back, reply) {
+			t.Fatalf("client %d got channel %#x %q, want %#x %q", i, number, back, ch, reply)
+		}
+		for _, req := range []struct {
+			method stun.Method
+			attrs  []stun.Setter
+		}{
+			{stun.MethodRefresh, []stun.Setter{lifetimeAttr(600)}},
+			{stun.MethodCreatePermission, []stun.Setter{peerAttr(peerAP)}},
+			{stun.MethodChannelBind, []stun.Setter{channelAttr(ch), peerAttr(peerAP)}}, // a refresh of the binding
+		} {
+			if code, reason := errorCode(t, c.do(req.method, req.attrs...)); code != 0 {
+				t.Fatalf("client %d: %v: %d %s", i, req.method, code, reason)
+			}
+		}
+	}
+	if opened := openFds(t) - baseline; opened < 2*clients {
+		t.Errorf("%d descriptors opened for %d UDP allocations, want a relay socket and a client socket each", opened, clients)
+	}
+	for i, c := range cs {
+		if code, reason := errorCode(t, c.do(stun.MethodRefresh, lifetimeAttr(0))); code != 0 {
+			t.Fatalf("client %d: Refresh 0: %d %s", i, code, reason)
+		}
+	}
+	eventually(t, "the allocations to end", func() bool {
+		return r.metric(t, "rendezvous_relay_allocations", nil) == 0
+	})
+	eventually(t, "the allocations' descriptors to be closed", func() bool { return openFds(t) <= baseline })
 }

@@ -694,7 +694,8 @@ func (s *Server) eventHandler() turn.EventHandler {
 			}
 			s.mu.Lock()
 			s.perIP[client.Addr().Unmap()]++
-			if rc := s.relays[netx.AddrPortOf(relayAddr)]; rc != nil {
+			rc := s.relays[netx.AddrPortOf(relayAddr)]
+			if rc != nil {
 				rc.client.Store(&client)
 				// A TCP/TLS client's ChannelData travels its stream, through pion.
 				if udp {
@@ -705,6 +706,11 @@ func (s *Server) eventHandler() turn.EventHandler {
 				s.tcpClients[netx.AddrPortOf(relayAddr)] = client
 			}
 			s.mu.Unlock()
+			if rc != nil && udp && rc.poller != nil {
+				if err := rc.poller.addClientSocket(rc, client); err != nil {
+					s.log.Debug("relay: client read on the listening socket (no socket of its own)", "client", client, "error", err)
+				}
+			}
 			s.log.Info("relay: allocation started", "user", userID, "client", client, "client_transport", clientTransport,
 				"transport", protocol, "relay", relayAddr.String())
 		},
@@ -895,7 +901,7 @@ func (g *relayAllocator) AllocatePacketConn(conf turn.AllocateListenerConfig) (n
 	if err := s.reserve(conf.UserID); err != nil {
 		return nil, nil, err
 	}
-	rc := &relayConn{s: s, userID: conf.UserID, started: time.Now()}
+	rc := &relayConn{s: s, userID: conf.UserID, started: time.Now(), clientFd: -1}
 	rc.channels.Store(noChannels)
 	var port uint16
 	if len(s.pollers) > 0 {

@@ -816,7 +816,8 @@ func tracedChild(t *testing.T, stracePID int) *os.Process {
 }
 
 // LimitNOFILE must hold the default peer target: a WebSocket per peer up to
-// signaling.max-peers, plus one socket per relay port.
+// signaling.max-peers, plus two sockets per relay port (a UDP allocation's
+// relay socket and its client's own socket).
 func TestLimitNOFILECoversThePeerTarget(t *testing.T) {
 	d := unitDirectives(t, "rendezvous.service")
 	limit, err := strconv.Atoi(d["LimitNOFILE"][0])
@@ -824,9 +825,9 @@ func TestLimitNOFILECoversThePeerTarget(t *testing.T) {
 		t.Fatalf("LimitNOFILE=%v: %v", d["LimitNOFILE"], err)
 	}
 	def := config.Default()
-	need := def.Signaling.MaxPeers + def.Relay.PortRangeMax - def.Relay.PortRangeMin + 1
+	need := def.Signaling.MaxPeers + 2*(def.Relay.PortRangeMax-def.Relay.PortRangeMin+1)
 	if limit < need {
-		t.Errorf("LimitNOFILE=%d < %d (max-peers %d + relay ports %d-%d)", limit, need,
+		t.Errorf("LimitNOFILE=%d < %d (max-peers %d + 2 × relay ports %d-%d)", limit, need,
 			def.Signaling.MaxPeers, def.Relay.PortRangeMin, def.Relay.PortRangeMax)
 	}
 }
