@@ -449,7 +449,7 @@ func (p *relayPoller) closeClientSocket(rc *relayConn) {
 			if err != nil || !ok || n >= inboundMTU {
 				continue
 			}
-			if !p.s.pionQueueOf(rc, from).push(buf[:n], from) {
+			if !p.s.pionQueueOf(from, rc.poller.listen.fed).push(buf[:n], from) {
 				p.s.metrics.droppedBacklog.Inc()
 			}
 		}
@@ -666,16 +666,19 @@ func (p *relayPoller) round(events []unix.EpollEvent) bool {
 
 // pionQueueOf is where a datagram from a client that is not relayed goes:
 // pion's read of the listening socket whose allocation manager holds the
-// client's allocation (pion keeps one per socket). A client socket's
-// datagrams are its client's, except one the kernel hashed to it before it
-// was connected: that one goes to its sender's allocation, if it has one.
-func (s *Server) pionQueueOf(rc *relayConn, from netip.AddrPort) *slowQueue {
-	if c := rc.udpClient.Load(); c != nil && *c != from {
-		if other := s.clients.get(from); other != nil && other.poller != nil {
-			rc = other
-		}
+// sender's allocation (pion keeps one manager per socket), else home, the
+// queue of the socket it arrived on. A client's datagram can arrive away from
+// its allocation's socket: a client socket may get another client's datagram
+// between its bind and its connect; and a client read on the listening
+// sockets (its own socket could not be opened) moves among them on kernels
+// whose pick in the SO_REUSEPORT group scales the flow's hash by the group's
+// size, connected members included (6.18 keeps a flow where it was; older
+// kernels may move it each time a client socket opens or closes).
+func (s *Server) pionQueueOf(from netip.AddrPort, home *slowQueue) *slowQueue {
+	if rc := s.clients.get(from); rc != nil && rc.poller != nil && rc.poller.listen != nil {
+		return rc.poller.listen.fed
 	}
-	return rc.poller.listen.fed
+	return home
 }
 
 // readClients reads one datagram from each ready client socket, in the
@@ -702,7 +705,7 @@ func (p *relayPoller) readClients(events []unix.EpollEvent) {
 		if !ok {
 			continue
 		}
-		if !br.relayed(p.in[:n], from) && !p.s.pionQueueOf(p.slots[slot], from).push(p.in[:n], from) {
+		if !br.relayed(p.in[:n], from) && !p.s.pionQueueOf(from, br.fed).push(p.in[:n], from) {
 			backlog++
 		}
 	}
@@ -934,7 +937,7 @@ func (br *batchReader) drain(fd int) {
 	}
 	backlog := 0
 	for i := range n {
-		if p, from, ok := br.take(i); ok && !br.fed.push(p, from) {
+		if p, from, ok := br.take(i); ok && !br.s.pionQueueOf(from, br.fed).push(p, from) {
 			backlog++
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/pion/stun/v4"
+	"golang.org/x/sys/unix"
 
 	"github.com/rendezvous-p2p/rendezvous/internal/netx"
 )
@@ -233,4 +234,50 @@ func TestManyUDPClientsOwnSockets(t *testing.T) {
 		return r.metric(t, "rendezvous_relay_allocations", nil) == 0
 	})
 	eventually(t, "the allocations' descriptors to be closed", func() bool { return openFds(t) <= baseline })
+}
+
+// A UDP client read on the listening sockets (its own socket could not be
+// opened) keeps its allocation when the kernel hands its datagrams to another
+// listening socket than the one it allocated on, as older kernels do when a
+// connected socket joins or leaves the SO_REUSEPORT group. pion knows an
+// allocation only on the socket where it was made, so the relay routes the
+// client's requests there. A reuseport program steers the datagrams here.
+func TestClientOnAnotherListeningSocketKeepsItsAllocation(t *testing.T) {
+	r := startRelay(t, nil) // two listening sockets
+	listenFd := -1
+	for _, p := range r.srv.pollers {
+		if p.listen != nil {
+			listenFd = p.sendFd
+		}
+	}
+	if listenFd < 0 {
+		t.Fatal("no listening socket read by an event loop")
+	}
+	steer := func(index uint32) {
+		t.Helper()
+		prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: index}}
+		if err := unix.SetsockoptSockFprog(listenFd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF,
+			&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}); err != nil {
+			t.Fatalf("steering the listening sockets: %v", err)
+		}
+	}
+	steer(0)
+	c := dialRaw(t, r, "udp")
+	mustAllocate(t, c, "alice", "alice-pw")
+	rc := r.srv.clients.get(netx.AddrPortOf(c.pc.LocalAddr()))
+	if rc == nil || rc.poller == nil {
+		t.Fatal("no fast-path allocation for the client")
+	}
+	rc.poller.mu.Lock()
+	rc.poller.closeClientSocket(rc)
+	rc.poller.mu.Unlock()
+	steer(1)
+	for _, lifetime := range []uint32{600, 0} {
+		if code, reason := errorCode(t, c.do(stun.MethodRefresh, lifetimeAttr(lifetime))); code != 0 {
+			t.Fatalf("Refresh %d on the other listening socket: %d %s", lifetime, code, reason)
+		}
+	}
+	eventually(t, "the allocation to end", func() bool {
+		return r.metric(t, "rendezvous_relay_allocations", nil) == 0
+	})
 }
