@@ -77,7 +77,7 @@ func runBirthdayPair(t *testing.T, server string, a, b *natlab.Host, prober int,
 	}
 	ev, err := pa.findLine(func(l map[string]any) bool { return l["event"] == "connected" || l["event"] == "failed" }, 20*time.Second)
 	if err != nil || ev["event"] == "failed" {
-		run.detail = fmt.Sprintf("no session (%v): %s", err, pa.dump())
+		run.detail = fmt.Sprintf("no session (%v):\ncreator:\n%sjoiner:\n%s", err, pa.dump(), pb.dump())
 		return run
 	}
 	tookMS, _ := ev["took_ms"].(float64)
