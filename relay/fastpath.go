@@ -438,10 +438,9 @@ func (p *relayPoller) closeClientSocket(rc *relayConn) {
 	rc.clientFd = -1
 	if !p.stopped {
 		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
-		var buf [inboundMTU]byte
 		for range maxSlowBacklog {
 			var sa rawSockaddr
-			n, err := recvFrom(fd, buf[:], &sa)
+			n, err := recvFrom(fd, p.in, &sa) // p.in is readClients', also under p.mu
 			if err == unix.EAGAIN {
 				break
 			}
@@ -449,7 +448,7 @@ func (p *relayPoller) closeClientSocket(rc *relayConn) {
 			if err != nil || !ok || n >= inboundMTU {
 				continue
 			}
-			if !p.s.pionQueueOf(from, rc.poller.listen.fed).push(buf[:n], from) {
+			if !p.s.pionQueueOf(from, p.listen.fed).push(p.in[:n], from) {
 				p.s.metrics.droppedBacklog.Inc()
 			}
 		}
