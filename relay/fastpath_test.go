@@ -2,12 +2,16 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/pion/stun/v4"
 	"golang.org/x/sys/unix"
@@ -87,6 +91,69 @@ func TestChannelDataBothWays(t *testing.T) {
 		t.Fatalf("relay port still bound after the allocation ended: %v", err)
 	}
 	again.Close()
+}
+
+// The event loops must never keep the runtime from stopping the world: a
+// garbage collection has to finish while channel data flows and while the
+// loops wait for it. A loop blocked in a system call the runtime does not
+// know about hangs every collection, and with it the whole process, timers
+// included, so the scenario runs in a child process that this test kills.
+func TestChannelDataDuringGarbageCollection(t *testing.T) {
+	if os.Getenv("RELAY_TEST_GC_CHILD") != "" {
+		channelDataDuringGC(t)
+		return
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestChannelDataDuringGarbageCollection$", "-test.v")
+	cmd.Env = append(os.Environ(), "RELAY_TEST_GC_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("relaying during garbage collections hung for 2 minutes (a relay loop keeps the world from stopping):\n%s", out)
+	}
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+func channelDataDuringGC(t *testing.T) {
+	r := startRelay(t, func(c *Config) { c.AllowPeers = []string{"127.0.0.1/32"} })
+	c := dialRaw(t, r, "udp")
+	relayAP := mustAllocate(t, c, "alice", "alice-pw")
+	peer := udpPeer(t, "127.0.0.1")
+	peerAP := netx.AddrPortOf(peer.LocalAddr())
+	const ch = 0x4001
+	if code, reason := errorCode(t, c.do(stun.MethodChannelBind, channelAttr(ch), peerAttr(peerAP))); code != 0 {
+		t.Fatalf("ChannelBind: %d %s", code, reason)
+	}
+	roundTrip := func(msg []byte) {
+		t.Helper()
+		c.send(channelData(ch, msg))
+		if got, _ := readPeer(t, peer); !bytes.Equal(got, msg) {
+			t.Fatalf("peer got %q, want %q", got, msg)
+		}
+		if _, err := peer.WriteToUDPAddrPort(msg, relayAP); err != nil {
+			t.Fatal(err)
+		}
+		if number, back := c.recvChannelData(); number != ch || !bytes.Equal(back, msg) {
+			t.Fatalf("client got channel %#x %q, want %#x %q", number, back, ch, msg)
+		}
+	}
+	collected := make(chan struct{})
+	go func() { // while the round trips run
+		defer close(collected)
+		for range 100 {
+			runtime.GC()
+		}
+	}()
+	for i := range 200 {
+		roundTrip([]byte(fmt.Sprintf("round trip %d", i)))
+	}
+	<-collected
+	for range 20 { // while the loops wait for traffic
+		runtime.GC()
+	}
+	roundTrip([]byte("after the collections"))
 }
 
 // A dual-stack listening socket ([::]) sees IPv4 clients as ::ffff:a.b.c.d,
