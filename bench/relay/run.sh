@@ -157,7 +157,7 @@ for round in $(seq "$ROUNDS"); do
 			# doing: each client binds a random channel (0x4000-0x7FFF) to the
 			# peer's port + 1, then a second random one to the peer. When the
 			# two draws are equal the server must refuse the second bind (RFC 8656
-			# §11.2: channel already bound to another peer), 1 in 16384 per client,
+			# §12.2: channel already bound to another peer), 1 in 16384 per client,
 			# so about 1 run in 80 at 200 clients, whichever server runs.
 			if [ -z "$(tail -1 "$RESULTS" | cut -f5)" ]; then
 				echo "turnutils_uclient failed; run left out:" >&2
