@@ -44,16 +44,23 @@ func (c *rawClient) recvChannelData() (uint16, []byte) {
 // Channel data takes the relay's own path (fastpath.go), outside pion: both
 // directions arrive intact, an unbound channel number relays nothing, the
 // counters move, and a deleted allocation's relay socket is closed.
-func TestChannelDataBothWays(t *testing.T) {
-	r := startRelay(t, func(c *Config) { c.AllowPeers = []string{"127.0.0.1/32"} })
-	c := dialRaw(t, r, "udp")
-	relayAP := mustAllocate(t, c, "alice", "alice-pw")
-	peer := udpPeer(t, "127.0.0.1")
-	peerAP := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(peer.LocalAddr().(*net.UDPAddr).Port))
-	const ch = 0x4001
-	if code, reason := errorCode(t, c.do(stun.MethodChannelBind, channelAttr(ch), peerAttr(peerAP))); code != 0 {
+// channelToPeer starts a relay open to loopback peers, allocates for a UDP
+// client and binds channel ch to a peer socket on 127.0.0.1.
+func channelToPeer(t *testing.T, ch uint16) (r *testRelay, c *rawClient, relayAP netip.AddrPort, peer *net.UDPConn) {
+	t.Helper()
+	r = startRelay(t, func(c *Config) { c.AllowPeers = []string{"127.0.0.1/32"} })
+	c = dialRaw(t, r, "udp")
+	relayAP = mustAllocate(t, c, "alice", "alice-pw")
+	peer = udpPeer(t, "127.0.0.1")
+	if code, reason := errorCode(t, c.do(stun.MethodChannelBind, channelAttr(ch), peerAttr(netx.AddrPortOf(peer.LocalAddr())))); code != 0 {
 		t.Fatalf("ChannelBind: %d %s", code, reason)
 	}
+	return r, c, relayAP, peer
+}
+
+func TestChannelDataBothWays(t *testing.T) {
+	const ch = 0x4001
+	r, c, relayAP, peer := channelToPeer(t, ch)
 	const rounds = 20
 	for i := range rounds {
 		// An unbound channel first: the relay must drop it, so the peer's
@@ -117,15 +124,8 @@ func TestChannelDataDuringGarbageCollection(t *testing.T) {
 }
 
 func channelDataDuringGC(t *testing.T) {
-	r := startRelay(t, func(c *Config) { c.AllowPeers = []string{"127.0.0.1/32"} })
-	c := dialRaw(t, r, "udp")
-	relayAP := mustAllocate(t, c, "alice", "alice-pw")
-	peer := udpPeer(t, "127.0.0.1")
-	peerAP := netx.AddrPortOf(peer.LocalAddr())
 	const ch = 0x4001
-	if code, reason := errorCode(t, c.do(stun.MethodChannelBind, channelAttr(ch), peerAttr(peerAP))); code != 0 {
-		t.Fatalf("ChannelBind: %d %s", code, reason)
-	}
+	_, c, relayAP, peer := channelToPeer(t, ch)
 	roundTrip := func(msg []byte) {
 		t.Helper()
 		c.send(channelData(ch, msg))
