@@ -46,7 +46,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -272,12 +272,12 @@ func (b *mmsgBatch) sendmmsg(fd int, n int) (failed int) {
 // listening socket.
 type relayPoller struct {
 	s      *Server
-	epfd   int
-	epoll  *os.File        // epfd, registered with Go's netpoller
-	raw    syscall.RawConn // waits for epfd without blocking a thread in epoll_wait
-	wakeFd int             // eventfd: stop
-	sendFd int             // a listening socket (all share address and port)
+	epfd   int // never registered with Go's netpoller (see run)
+	wakeFd int // eventfd: stop
+	sendFd int // a listening socket (all share address and port)
 	v6     bool
+
+	asleep atomic.Bool // in a blocking wait (the loop was idle for a second)
 
 	mu      sync.Mutex // held while a round reads its relay sockets; Close takes it to unregister
 	stopped bool       // epfd is closed
@@ -316,24 +316,7 @@ func newRelayPoller(s *Server, sendFd int, v6 bool) (*relayPoller, error) {
 		unix.Close(wfd)
 		return nil, err
 	}
-	// A goroutine blocked in epoll_wait holds a thread in a system call;
-	// the runtime then hands its P to another thread every time and sysmon
-	// wakes every 20 µs to do so (a quarter of the CPU at 15k packets/s).
-	// Instead the epoll descriptor itself waits in Go's netpoller (it is
-	// readable while it has events) and epoll_wait never blocks.
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		unix.Close(wfd)
-		return nil, err
-	}
-	f := os.NewFile(uintptr(epfd), "relay-epoll")
-	raw, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		unix.Close(wfd)
-		return nil, err
-	}
-	return &relayPoller{s: s, epfd: epfd, epoll: f, raw: raw, wakeFd: wfd, sendFd: sendFd, v6: v6,
+	return &relayPoller{s: s, epfd: epfd, wakeFd: wfd, sendFd: sendFd, v6: v6,
 		out: newMmsgBatch(pollBatch, channelHdr+maxDatagram+3), done: make(chan struct{})}, nil
 }
 
@@ -510,51 +493,119 @@ func (p *relayPoller) stop() {
 func (p *relayPoller) close() {
 	p.mu.Lock()
 	p.stopped = true
-	p.epoll.Close()
+	unix.Close(p.epfd)
 	unix.Close(p.wakeFd)
 	p.mu.Unlock()
 }
 
+// How the loop waits (measured at 100 and 200 clients, docs/benchmarks.md):
+// each way that let the Go scheduler run the wait lost to coturn's p99.
+//   - A blocking epoll_wait (the runtime's Syscall) makes the runtime hand
+//     the loop's P to another thread on every wait, and sysmon wakes every
+//     20 µs to do it: a quarter of the CPU at 15k packets/s.
+//   - Parking the epoll descriptor in the netpoller: each new event wakes
+//     the netpoller on one thread, which readies the loop on another (p99
+//     1.01-1.86× coturn's at 200 clients in four A/Bs on this noisy host).
+//
+// So the loop owns its P and waits in a raw epoll_wait, which the runtime
+// does not see: the thread sleeps in the kernel and wakes on the loop's own
+// events, as a coturn relay thread does (p99 1.10× against 1.36× for the
+// netpoller in the same A/B at 200 clients, 0.96× against 1.16× at 100).
+// A goroutine the runtime cannot stop would deadlock every stop-the-world
+// (garbage collection), so the wait stays stoppable:
+//   - preemptPoint runs after every round, timeout and signal. When the
+//     runtime wants the P (a stop-the-world, or sysmon after 10 ms of
+//     running) it has marked the goroutine and sent its thread a signal; the
+//     signal ends epoll_wait with EINTR and the check in preemptPoint
+//     yields.
+//   - A signal that lands between that check and the system call ends
+//     nothing, so the wait has a timeout: a stop-the-world waits at most
+//     waitMillis for a loop.
+//   - After idleWaits empty waits in a row the loop blocks in an
+//     ordinary epoll_wait (the runtime takes the P back while it sleeps), so
+//     an idle relay does not wake 200 times a second.
+//
+// Holding a P, each running loop takes one more from the runtime
+// (holdLoopProc) so the rest of the process keeps what it had.
 func (p *relayPoller) run() {
 	defer close(p.done)
+	holdLoopProc(1)
+	defer holdLoopProc(-1)
 	events := make([]unix.EpollEvent, pollBatch)
-	var n int
-	var werr error
-	// The loop parks in the netpoller as soon as epoll_wait finds nothing.
-	// Polling again a few dozen times before parking, and readying a helper
-	// goroutine after each wake-up (so the runtime puts an idle thread back
-	// on the netpoller), cost CPU and ~40 µs of idle round trip, and A/Bs
-	// with a probe that samples every phase of the load's bursts showed no
-	// lower p99 for either at 100-400 clients (docs/benchmarks.md).
-	wait := func(fd uintptr) bool {
-		for {
-			r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-			switch {
-			case e == unix.EINTR:
-				continue
-			case e != 0:
-				n, werr = 0, e
-			case r == 0:
-				return false // park in the netpoller until epfd is readable
-			default:
-				n, werr = int(r), nil
-			}
-			return true
-		}
-	}
+	idle := 0
 	for {
-		err := p.raw.Read(wait)
-		if err == nil {
-			err = werr
+		var n int
+		var err error
+		if idle < idleWaits {
+			r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_WAIT, uintptr(p.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), waitMillis, 0, 0)
+			n = int(r)
+			if e != 0 {
+				err = e
+			}
+		} else {
+			p.asleep.Store(true)
+			n, err = unix.EpollWait(p.epfd, events, -1)
+			p.asleep.Store(false)
 		}
-		if err != nil {
+		switch {
+		case err == unix.EINTR:
+			preemptPoint()
+			continue
+		case err != nil:
 			p.s.log.Error("relay: epoll_wait failed; relay sockets are no longer read", "error", err)
 			return
+		case n == 0:
+			idle++
+			preemptPoint()
+			continue
 		}
+		idle = 0
 		if !p.round(events[:n]) {
 			return
 		}
+		preemptPoint()
 	}
+}
+
+const (
+	waitMillis = 5   // the raw wait's timeout: a stop-the-world's worst wait for a loop
+	idleWaits  = 200 // empty raw waits (1 s) before a loop sleeps in a blocking wait
+)
+
+// preemptPoint yields if the runtime has asked this goroutine to (a
+// stop-the-world, or sysmon's 10 ms time slice). The check is the stack-bound
+// test in the prologue of a function that calls another: a leaf function
+// with a small frame has none, so preemptPoint must not be one and neither
+// may be inlined. (runtime.Gosched would yield every time, and each yield
+// sends the loop through the run queue to whichever thread is free.)
+//
+//go:noinline
+func preemptPoint() { preemptNop() }
+
+//go:noinline
+func preemptNop() {}
+
+// loopProcs is how many Ps the running loops hold (holdLoopProc).
+var loopProcs struct {
+	sync.Mutex
+	n int
+}
+
+// holdLoopProc adds delta to GOMAXPROCS, for loops starting (1) or ending
+// (-1). Setting GOMAXPROCS ends Go's automatic updates of it from the
+// cgroup's CPU limit; the relay runs under its own systemd unit.
+func holdLoopProc(delta int) {
+	loopProcs.Lock()
+	defer loopProcs.Unlock()
+	loopProcs.n += delta
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + delta)
+}
+
+// procsBesideLoops is GOMAXPROCS without the Ps that running loops hold.
+func procsBesideLoops() int {
+	loopProcs.Lock()
+	defer loopProcs.Unlock()
+	return max(1, runtime.GOMAXPROCS(0)-loopProcs.n)
 }
 
 // fromPeer accumulates one round's counters (one atomic add per round, not per packet).

@@ -125,7 +125,7 @@ func TestChannelDataDuringGarbageCollection(t *testing.T) {
 
 func channelDataDuringGC(t *testing.T) {
 	const ch = 0x4001
-	_, c, relayAP, peer := channelToPeer(t, ch)
+	r, c, relayAP, peer := channelToPeer(t, ch)
 	roundTrip := func(msg []byte) {
 		t.Helper()
 		c.send(channelData(ch, msg))
@@ -150,10 +150,19 @@ func channelDataDuringGC(t *testing.T) {
 		roundTrip([]byte(fmt.Sprintf("round trip %d", i)))
 	}
 	<-collected
-	for range 20 { // while the loops wait for traffic
+	for range 20 { // while the loops wait for traffic in raw waits
 		runtime.GC()
 	}
 	roundTrip([]byte("after the collections"))
+	// Idle for a second, the loops sleep in blocking waits; collections go
+	// on, and traffic wakes them.
+	for _, p := range r.srv.pollers {
+		for !p.asleep.Load() {
+			runtime.GC()
+			time.Sleep(10 * time.Millisecond) // a collection every 10 ms until the loop sleeps
+		}
+	}
+	roundTrip([]byte("after sleeping"))
 }
 
 // A dual-stack listening socket ([::]) sees IPv4 clients as ::ffff:a.b.c.d,
