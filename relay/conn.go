@@ -39,9 +39,12 @@ type turnPacketConn struct {
 
 func newTurnPacketConn(c net.PacketConn, s *Server) *turnPacketConn {
 	tc := &turnPacketConn{PacketConn: c, s: s}
-	if uc, ok := c.(*net.UDPConn); ok {
-		if br, err := newBatchReader(uc, s); err == nil {
-			tc.batch = br
+	switch c := c.(type) {
+	case *loopUDPConn:
+		tc.batch = newBatchReader(nil, s) // fed by the socket's relayPoller
+	case *net.UDPConn:
+		if rc, err := c.SyscallConn(); err == nil {
+			tc.batch = newBatchReader(rc, s)
 		}
 	}
 	return tc

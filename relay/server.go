@@ -245,6 +245,13 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	if s.hostNetwork() {
+		for i, c := range udpConns {
+			if lc, err := newLoopUDPConn(c); err == nil {
+				udpConns[i] = lc
+			}
+		}
+	}
 	for _, c := range udpConns {
 		closers = append(closers, func() { c.Close() })
 	}
@@ -307,31 +314,23 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		tcs[i] = newTurnPacketConn(c, s)
 	}
 	pollerOf := make([]*relayPoller, len(udpConns)) // by listening socket; nil: none
-	if s.hostNetwork() {
-		for i, c := range udpConns {
-			fd, ok := listenerFd(c)
-			if !ok {
-				continue
-			}
-			domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
-			if err != nil {
-				continue
-			}
-			p, err := newRelayPoller(s, fd, domain == unix.AF_INET6)
-			if err != nil {
-				return fmt.Errorf("relay: %w", err)
-			}
-			if tc := tcs[i]; tc.batch != nil {
-				if err := p.readListener(tc.batch); err != nil {
-					p.close()
-					return fmt.Errorf("relay: %w", err)
-				}
-			}
-			s.pollers = append(s.pollers, p)
-			pollerOf[i] = p
-			go p.run()
-			closers = append(closers, p.stop)
+	for i, c := range udpConns {
+		lc, ok := c.(*loopUDPConn)
+		if !ok {
+			continue // pion reads it
 		}
+		p, err := newRelayPoller(s, lc.fd, lc.v6)
+		if err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+		if err := p.readListener(tcs[i].batch); err != nil {
+			p.close()
+			return fmt.Errorf("relay: %w", err)
+		}
+		s.pollers = append(s.pollers, p)
+		pollerOf[i] = p
+		go p.run()
+		closers = append(closers, p.stop)
 	}
 
 	gen := &relayAllocator{s: s}
