@@ -510,8 +510,8 @@ func (p *relayPoller) close() {
 //
 // So the loop owns its P and waits in a raw epoll_wait, which the runtime
 // does not see: the thread sleeps in the kernel and wakes on the loop's own
-// events, as a coturn relay thread does (p99 1.10× against 1.36× for the
-// netpoller in the same A/B at 200 clients, 0.96× against 1.16× at 100).
+// events, as a coturn relay thread does. (That pays only with the listening
+// socket out of the netpoller as well, loopUDPConn.)
 // A goroutine the runtime cannot stop would deadlock every stop-the-world
 // (garbage collection), so the wait stays stoppable:
 //   - preemptPoint runs after every round, timeout and signal. When the
@@ -1066,8 +1066,8 @@ func (br *batchReader) flush() {
 // the netpoller's thread each time a datagram the loop had sent through it
 // left the socket, whenever a P was idle, which the loops' extra Ps
 // (holdLoopProc) mostly are: 512-548k context switches per run at 300
-// clients against 115-123k without the registration (coturn 110-133k), and
-// a probe RTT p99 of 6-153 ms against 6-8 ms (docs/benchmarks.md).
+// clients against 115-124k without the registration (coturn 109-134k), and
+// a probe RTT p99 of 5-165 ms against 6-8 ms (docs/benchmarks.md).
 type loopUDPConn struct {
 	fd    int
 	v6    bool
