@@ -41,9 +41,6 @@ func (c *rawClient) recvChannelData() (uint16, []byte) {
 	}
 }
 
-// Channel data takes the relay's own path (fastpath.go), outside pion: both
-// directions arrive intact, an unbound channel number relays nothing, the
-// counters move, and a deleted allocation's relay socket is closed.
 // channelToPeer starts a relay open to loopback peers, allocates for a UDP
 // client and binds channel ch to a peer socket on 127.0.0.1.
 func channelToPeer(t *testing.T, ch uint16) (r *testRelay, c *rawClient, relayAP netip.AddrPort, peer *net.UDPConn) {
@@ -58,6 +55,9 @@ func channelToPeer(t *testing.T, ch uint16) (r *testRelay, c *rawClient, relayAP
 	return r, c, relayAP, peer
 }
 
+// Channel data takes the relay's own path (fastpath.go), outside pion: both
+// directions arrive intact, an unbound channel number relays nothing, the
+// counters move, and a deleted allocation's relay socket is closed.
 func TestChannelDataBothWays(t *testing.T) {
 	const ch = 0x4001
 	r, c, relayAP, peer := channelToPeer(t, ch)
